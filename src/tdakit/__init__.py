@@ -1,0 +1,33 @@
+"""tdakit: training data attribution for PyTorch.
+
+>>> import tdakit as tda
+>>> task = tda.Task(model, loss="cross_entropy")
+>>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
+"""
+
+from tdakit.errors import TdakitError
+from tdakit.features.projection import Projector
+from tdakit.methods import (
+    AttributionMethod,
+    GradCos,
+    GradDot,
+    RandomBaseline,
+    RepresentationSimilarity,
+    TracIn,
+)
+from tdakit.task import Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttributionMethod",
+    "GradCos",
+    "GradDot",
+    "Projector",
+    "RandomBaseline",
+    "RepresentationSimilarity",
+    "Task",
+    "TdakitError",
+    "TracIn",
+    "__version__",
+]

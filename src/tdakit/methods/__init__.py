@@ -1,0 +1,16 @@
+"""Attribution methods behind one fit / scores / top_k / self_scores contract."""
+
+from tdakit.methods.base import AttributionMethod, FeatureMethod
+from tdakit.methods.gradient import GradCos, GradDot, TracIn
+from tdakit.methods.random import RandomBaseline
+from tdakit.methods.representation import RepresentationSimilarity
+
+__all__ = [
+    "AttributionMethod",
+    "FeatureMethod",
+    "GradCos",
+    "GradDot",
+    "RandomBaseline",
+    "RepresentationSimilarity",
+    "TracIn",
+]
