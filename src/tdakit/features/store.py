@@ -1,0 +1,558 @@
+"""Feature store: an ``[n_rows, dim]`` float array on disk in row chunks, with a manifest.
+
+``manifest.json`` (format version, n_rows, dim, dtype, chunk_rows, meta; written once),
+``chunk_{j:06d}.npy`` (rows ``[j*chunk_rows, (j+1)*chunk_rows)``) and its completion record
+``chunk_{j:06d}.json`` (sha256 and size of the .npy). Every file goes through a temp file in
+the same directory, fsync and ``os.replace``; a chunk is complete only once its record exists
+and matches. No file is shared between chunks, so processes can fill disjoint shards
+concurrently. Shards are strided: shard ``(i, n)`` holds the chunk ids ``j % n == i``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from tdakit.errors import TdakitError, require
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["FORMAT_VERSION", "FeatureStore", "cache_key"]
+
+FORMAT_VERSION = 1
+_FORMAT = "tdakit.feature_store"
+_MANIFEST = "manifest.json"
+_DTYPES = ("float16", "float32", "float64")
+_INT_KEYS = ("n_rows", "dim", "chunk_rows")
+_HEADER_KEYS = (*_INT_KEYS, "dtype")
+_STALE_SECONDS = 24 * 3600  # temp files of other hosts older than this are removed
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TMP_RE = re.compile(r"^\.tmp\.(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}\..+$")
+_CHUNK_RE = re.compile(r"^chunk_\d{6,}\.(npy|json)$")
+
+PathLike = str | os.PathLike
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()
+    if isinstance(o, Path) or (
+        type(o).__module__ == "torch" and type(o).__name__ in ("dtype", "device")
+    ):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default
+    )
+
+
+def cache_key(**parts: Any) -> str:
+    """Short stable hex digest (16 chars of sha256 over canonical JSON) of ``parts``.
+
+    Use it to name content-keyed cache directories, e.g.
+    ``root / cache_key(model=model_fp, data=data_fp, proj="rademacher", seed=0, dim=512)``.
+    """
+    try:
+        text = _canonical(parts)
+    except (TypeError, ValueError) as exc:
+        raise TdakitError(
+            f"cache_key parts must be JSON-serialisable (str, numbers, lists, dicts; no NaN): "
+            f"{exc}; convert the offending value to a string or number first"
+        ) from exc
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not possible on every platform; best effort
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _atomic_write(target: Path, write: Callable[[BinaryIO], Any], exclusive: bool = False) -> bool:
+    """Write via temp file + fsync + rename; ``exclusive`` never replaces an existing file.
+
+    Returns False only when ``exclusive`` and ``target`` already existed.
+    """
+    tmp = target.with_name(f".tmp.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{target.name}")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if not exclusive:
+            os.replace(tmp, target)
+        else:
+            try:
+                os.link(tmp, target)  # atomic create-if-absent
+            except FileExistsError:
+                return False
+            except OSError:  # no hard links on this filesystem
+                if target.exists():
+                    return False
+                os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_dir(target.parent)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. no permission: the process exists
+        pass
+    return True
+
+
+def _remove_stale_temps(directory: Path) -> None:
+    """Delete temp files of crashed writers: dead local processes, or older than a day."""
+    for entry in directory.glob(".tmp.*"):
+        m = _TMP_RE.match(entry.name)
+        if m is None or int(m["pid"]) == os.getpid():
+            continue
+        local = m["host"] == _HOST and os.name == "posix"
+        with contextlib.suppress(OSError):
+            if (local and not _alive(int(m["pid"]))) or (
+                time.time() - entry.stat().st_mtime > _STALE_SECONDS
+            ):
+                entry.unlink()
+
+
+def _diff(cached: Any, requested: Any, prefix: str) -> list[str]:
+    if isinstance(cached, dict) and isinstance(requested, dict):
+        keys = sorted(set(cached) | set(requested), key=str)
+        return [
+            d
+            for k in keys
+            for d in _diff(cached.get(k, "<absent>"), requested.get(k, "<absent>"), f"{prefix}.{k}")
+        ]
+    a, b = (repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..." for v in (cached, requested))
+    return [] if cached == requested else [f"{prefix}: cached {a}, requested {b}"]
+
+
+def _clear_dir(directory: Path) -> None:
+    """Remove the store's files (records first, manifest last); then the dir if empty."""
+    if not directory.is_dir():
+        return
+    names = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: p.suffix)
+    ours = [p for p in names if _CHUNK_RE.match(p.name) or _TMP_RE.match(p.name)]
+    for p in [*ours, directory / _MANIFEST]:  # .json records sort before .npy
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only succeeds when nothing but our files were there
+
+
+class _HashingWriter:
+    """File-like wrapper hashing and counting what is written through it."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.nbytes += memoryview(data).nbytes
+        return self.f.write(data)
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(functools.partial(f.read, 1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+class _HybridMethod(classmethod):
+    """Bound to the instance when called on one, else to the class."""
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Callable[..., Any]:
+        return functools.partial(self.__func__, objtype if obj is None else obj)
+
+
+class FeatureStore:
+    """Chunked, memory-mapped ``[n_rows, dim]`` float array with a manifest; see module doc."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.n_rows: int = manifest["n_rows"]
+        self.dim: int = manifest["dim"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self.chunk_rows: int = manifest["chunk_rows"]
+        self.meta: dict[str, Any] = manifest["meta"]
+        self.key = hashlib.sha256(_canonical(manifest).encode()).hexdigest()
+        self._cleared = False
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def open(
+        cls,
+        path: PathLike,
+        n_rows: int,
+        dim: int,
+        *,
+        dtype: str = "float32",
+        meta: dict[str, Any] | None = None,
+        chunk_rows: int = 2048,
+    ) -> FeatureStore:
+        """Create the store at ``path``, or reopen it if its manifest matches exactly."""
+        for name, v in zip(_INT_KEYS, (n_rows, dim, chunk_rows), strict=True):
+            require(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
+                f"FeatureStore.open: {name} must be a positive integer, got {v!r}",
+            )
+        require(
+            dtype in _DTYPES, f"FeatureStore.open: dtype must be one of {_DTYPES}, got {dtype!r}"
+        )
+        meta = {} if meta is None else meta
+        require(isinstance(meta, dict), f"FeatureStore.open: meta must be a dict, got {type(meta)}")
+        try:
+            meta = json.loads(_canonical(meta))
+        except (TypeError, ValueError) as exc:
+            raise TdakitError(
+                f"FeatureStore.open: meta must be JSON-serialisable (no NaN): {exc}; "
+                "store fingerprints and config values as strings or numbers"
+            ) from exc
+        manifest = {
+            "format": _FORMAT,
+            "version": FORMAT_VERSION,
+            "n_rows": int(n_rows),
+            "dim": int(dim),
+            "dtype": dtype,
+            "chunk_rows": int(chunk_rows),
+            "meta": meta,
+        }
+        directory = Path(path)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TdakitError(f"cannot create feature store directory {directory}: {exc}") from exc
+        _remove_stale_temps(directory)
+        data = json.dumps(manifest, sort_keys=True, indent=1).encode()
+        if not _atomic_write(directory / _MANIFEST, lambda f: f.write(data), exclusive=True):
+            old = cls._read_manifest(directory)
+            diffs = [d for k in (*_HEADER_KEYS, "meta") for d in _diff(old[k], manifest[k], k)]
+            require(
+                not diffs,
+                f"feature store {directory} was created for a different configuration; "
+                f"differing keys: {'; '.join(diffs)}. Use a different cache directory (e.g. "
+                "named with tdakit.features.store.cache_key(...)) or delete it with "
+                f"FeatureStore.clear({str(directory)!r})",
+            )
+        return cls(directory, manifest)
+
+    @classmethod
+    def load(cls, path: PathLike) -> FeatureStore:
+        """Open an existing store without knowing its shape (no meta check)."""
+        directory = Path(path)
+        require(
+            (directory / _MANIFEST).is_file(),
+            f"no feature store at {directory} (manifest.json missing); create it with "
+            "FeatureStore.open(path, n_rows, dim, ...) and fill it first",
+        )
+        manifest = cls._read_manifest(directory)
+        _remove_stale_temps(directory)
+        return cls(directory, manifest)
+
+    @staticmethod
+    def _read_manifest(directory: Path) -> dict[str, Any]:
+        where = directory / _MANIFEST
+        fix = f"delete the directory or call FeatureStore.clear({str(directory)!r}) and recompute"
+        try:
+            m = json.loads(where.read_text())
+        except (OSError, ValueError) as exc:
+            raise TdakitError(f"corrupted feature store manifest {where}: {exc}; {fix}") from exc
+        ok = isinstance(m, dict) and m.get("format") == _FORMAT and m.get("dtype") in _DTYPES
+        ok = ok and all(isinstance(m.get(k), int) and m[k] > 0 for k in _INT_KEYS)
+        require(
+            ok and isinstance(m.get("meta"), dict),
+            f"corrupted or foreign feature store manifest {where}; {fix}",
+        )
+        require(
+            m.get("version") == FORMAT_VERSION,
+            f"feature store {directory} has format version {m.get('version')!r} but this "
+            f"tdakit reads version {FORMAT_VERSION}; upgrade tdakit or recompute elsewhere",
+        )
+        return m
+
+    def __repr__(self) -> str:
+        done = self.n_chunks - len(self.missing_chunks())
+        return (
+            f"FeatureStore({str(self.path)!r}, shape={self.shape}, dtype={self.dtype}, "
+            f"chunks={done}/{self.n_chunks})"
+        )
+
+    # ----------------------------------------------------------------- geometry
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.dim)
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n_rows // self.chunk_rows)
+
+    def chunk_range(self, j: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` covered by chunk ``j``."""
+        require(
+            isinstance(j, (int, np.integer)) and 0 <= j < self.n_chunks,
+            f"chunk id must be an integer in [0, {self.n_chunks}), got {j!r}",
+        )
+        start = int(j) * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.n_rows)
+
+    def rows_for_chunks(self, chunks: Iterable[int]) -> np.ndarray:
+        """Sorted int64 row indices covered by ``chunks``."""
+        ranges = [np.arange(*self.chunk_range(j), dtype=np.int64) for j in sorted(set(chunks))]
+        return np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
+
+    def shard_chunks(self, shard: tuple[int, int] | None = None) -> list[int]:
+        """Chunk ids of shard ``(i, n)``: those ``j`` with ``j % n == i`` (all if None)."""
+        if shard is None:
+            return list(range(self.n_chunks))
+        ok = isinstance(shard, tuple) and len(shard) == 2
+        ok = ok and all(isinstance(v, (int, np.integer)) for v in shard)
+        require(
+            ok and 0 <= shard[0] < shard[1],
+            f"shard must be a tuple (i, n) of integers with 0 <= i < n, got {shard!r}",
+        )
+        return list(range(int(shard[0]), self.n_chunks, int(shard[1])))
+
+    def _npy(self, j: int) -> Path:
+        return self.path / f"chunk_{j:06d}.npy"
+
+    def _record(self, j: int) -> Path:
+        return self.path / f"chunk_{j:06d}.json"
+
+    def _check_alive(self) -> None:
+        require(
+            not self._cleared,
+            f"feature store {self.path} was cleared; create it again with FeatureStore.open(...)",
+        )
+
+    # ----------------------------------------------------------------- completeness
+    def _read_record(self, j: int) -> dict[str, Any] | None:
+        try:
+            rec = json.loads(self._record(j).read_text())
+        except (OSError, ValueError):
+            return None
+        start, stop = self.chunk_range(j)
+        expected = {
+            "chunk": j,
+            "start": start,
+            "stop": stop,
+            "dim": self.dim,
+            "dtype": self.dtype.name,
+            "store": self.key,
+        }
+        ok = isinstance(rec, dict) and all(rec.get(k) == v for k, v in expected.items())
+        return rec if ok else None
+
+    def is_chunk_complete(self, j: int, check: bool = False) -> bool:
+        """Record present and matching, .npy of the recorded size (and sha256 if ``check``)."""
+        rec = self._read_record(j)
+        try:
+            size = self._npy(j).stat().st_size
+        except OSError:
+            return False
+        if rec is None or size != rec.get("nbytes"):
+            return False
+        return not check or _file_sha256(self._npy(j)) == rec.get("sha256")
+
+    def missing_chunks(self, shard: tuple[int, int] | None = None) -> list[int]:
+        """Ids of incomplete chunks, restricted to ``shard`` (strided, see module doc)."""
+        return [j for j in self.shard_chunks(shard) if not self.is_chunk_complete(j)]
+
+    def is_complete(self, shard: tuple[int, int] | None = None) -> bool:
+        return not self.missing_chunks(shard)
+
+    def _require_complete(self, chunks: Iterable[int]) -> None:
+        missing = [j for j in chunks if not self.is_chunk_complete(j)]
+        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
+        require(
+            not missing,
+            f"feature store {self.path} is incomplete: {len(missing)} of {self.n_chunks} "
+            f"chunks missing ({shown}); run store.fill(fn) (for each shard) to compute them",
+        )
+
+    # ----------------------------------------------------------------- writing
+    def write_chunk(self, j: int, array: np.ndarray | torch.Tensor) -> None:
+        """Validate ``array`` (shape, float dtype, finite) and write it atomically as chunk j."""
+        self._check_alive()
+        start, stop = self.chunk_range(j)
+        j, what = int(j), f"chunk {j} (rows [{start}, {stop}))"
+        if not isinstance(array, np.ndarray):
+            import torch
+
+            require(
+                isinstance(array, torch.Tensor) and array.is_floating_point(),
+                f"{what}: expected a float numpy array or torch tensor, got "
+                f"{getattr(array, 'dtype', type(array).__name__)}",
+            )
+            array = array.detach().to("cpu")
+            array = (array.float() if array.dtype == torch.bfloat16 else array).numpy()
+        require(
+            np.issubdtype(array.dtype, np.floating),
+            f"{what}: expected a floating-point array, got dtype {array.dtype}; "
+            "features must be float16/32/64",
+        )
+        require(
+            array.shape == (stop - start, self.dim),
+            f"{what}: expected shape {(stop - start, self.dim)}, got {tuple(array.shape)}; "
+            "the feature function must return one row of length dim per row in [start, stop)",
+        )
+        with np.errstate(over="ignore"):  # overflow shows up as inf, reported just below
+            array = np.ascontiguousarray(array, dtype=self.dtype)
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        require(
+            bad == 0,
+            f"{what}: {bad} non-finite values (NaN/inf) after casting to {self.dtype}; this "
+            "usually means NaN/inf gradients: check the loss, the learning rate and the "
+            "model weights (or overflow when storing as float16)",
+        )
+        self._record(j).unlink(missing_ok=True)  # never leave an old record over new bytes
+        w: list[_HashingWriter] = []
+
+        def write_npy(f: BinaryIO) -> None:
+            w.append(_HashingWriter(f))
+            np.lib.format.write_array(w[0], array, allow_pickle=False)
+
+        _atomic_write(self._npy(j), write_npy)
+        rec = {
+            "chunk": j,
+            "start": start,
+            "stop": stop,
+            "dim": self.dim,
+            "store": self.key,
+            "dtype": self.dtype.name,
+            "nbytes": w[0].nbytes,
+            "sha256": w[0].sha.hexdigest(),
+        }
+        _atomic_write(self._record(j), lambda f: f.write(json.dumps(rec).encode()))
+
+    def drop_chunk(self, j: int) -> None:
+        """Delete chunk ``j`` (record first) so that the next ``fill`` recomputes it."""
+        self.chunk_range(j)
+        self._record(j).unlink(missing_ok=True)
+        self._npy(j).unlink(missing_ok=True)
+
+    def fill(
+        self,
+        fn: Callable[[int, int], np.ndarray | torch.Tensor],
+        shard: tuple[int, int] | None = None,
+        progress: bool = False,
+    ) -> FeatureStore:
+        """Compute every missing chunk of ``shard`` as ``fn(start, stop)`` and write it.
+
+        Resumable: complete chunks are skipped, so rerunning after a crash computes only what
+        is missing (``fn`` must be deterministic for that to equal an uninterrupted run).
+        """
+        self._check_alive()
+        require(callable(fn), f"fill: fn must be a callable fn(start, stop), got {type(fn)}")
+        todo = self.missing_chunks(shard)
+        from tqdm.auto import tqdm
+
+        desc = "features" if shard is None else f"features shard {shard[0]}/{shard[1]}"
+        with tqdm(total=len(todo), desc=desc, unit="chunk", disable=not progress) as bar:
+            for j in todo:
+                self.write_chunk(j, fn(*self.chunk_range(j)))
+                bar.update(1)
+        return self
+
+    # ----------------------------------------------------------------- reading
+    def _load_chunk(self, j: int, check: bool) -> np.ndarray:
+        path, (start, stop) = self._npy(j), self.chunk_range(j)
+        fix = f"delete it with store.drop_chunk({j}) or store.clear() and run store.fill(fn)"
+        if check and _file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
+            raise TdakitError(f"corrupted feature chunk {path}: sha256 mismatch; {fix}")
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise TdakitError(f"corrupted feature chunk {path}: {exc}; {fix}") from exc
+        require(
+            arr.shape == (stop - start, self.dim) and arr.dtype == self.dtype,
+            f"corrupted feature chunk {path}: holds {arr.shape} {arr.dtype}, expected "
+            f"{(stop - start, self.dim)} {self.dtype}; {fix}",
+        )
+        return arr
+
+    def read(self, start: int = 0, stop: int | None = None, check: bool = False) -> np.ndarray:
+        """Rows ``[start, stop)`` as an in-memory array; ``check`` also verifies sha256."""
+        self._check_alive()
+        stop = self.n_rows if stop is None else stop
+        require(
+            0 <= start <= stop <= self.n_rows,
+            f"read: need 0 <= start <= stop <= {self.n_rows}, got start={start}, stop={stop}",
+        )
+        chunks = range(start // self.chunk_rows, -(-stop // self.chunk_rows) if stop > start else 0)
+        self._require_complete(chunks)
+        out = np.empty((stop - start, self.dim), dtype=self.dtype)
+        for j in chunks:
+            c0, c1 = self.chunk_range(j)
+            lo, hi = max(start, c0), min(stop, c1)
+            out[lo - start : hi - start] = self._load_chunk(j, check)[lo - c0 : hi - c0]
+        return out
+
+    def iter_chunks(self, check: bool = False) -> Iterator[tuple[int, int, np.ndarray]]:
+        """Yield ``(start, stop, array)`` per chunk; arrays are read-only memory maps."""
+        self._check_alive()
+        self._require_complete(range(self.n_chunks))
+        for j in range(self.n_chunks):
+            yield (*self.chunk_range(j), self._load_chunk(j, check))
+
+    def as_tensor(
+        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """The full array as a torch tensor (optionally moved/cast)."""
+        import torch
+
+        return torch.from_numpy(self.read()).to(device=device, dtype=dtype)
+
+    def verify(self) -> FeatureStore:
+        """Recompute every chunk's sha256; raise naming missing or corrupted chunk files."""
+        self._check_alive()
+        self._require_complete(range(self.n_chunks))
+        bad = [j for j in range(self.n_chunks) if not self.is_chunk_complete(j, check=True)]
+        files = ", ".join(str(self._npy(j)) for j in bad[:10]) + (", ..." if len(bad) > 10 else "")
+        require(
+            not bad,
+            f"corrupted feature chunks in {self.path} (sha256 mismatch): {files}; delete "
+            f"them with store.drop_chunk(j) for j in {bad[:10]} (or call store.clear()) and "
+            "run store.fill(fn) to recompute",
+        )
+        return self
+
+    # ----------------------------------------------------------------- removal
+    @_HybridMethod
+    def clear(owner: Any, path: PathLike | None = None) -> None:
+        """Delete the store's files: ``store.clear()`` or ``FeatureStore.clear(path)``.
+
+        Only files a store writes are removed (records first, manifest last); the directory
+        itself goes too if that leaves it empty.
+        """
+        if isinstance(owner, FeatureStore):
+            require(path is None, "store.clear() takes no path; use FeatureStore.clear(path)")
+            owner._cleared, path = True, owner.path
+        require(path is not None, "FeatureStore.clear(path) needs the store directory")
+        _clear_dir(Path(path))
