@@ -1,0 +1,195 @@
+"""A minimal, seeded training loop for the reference models (and any ``nn.Module``)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tdakit.errors import TdakitError, require
+
+__all__ = ["LOSSES", "OPTIMIZERS", "TrainResult", "train_model"]
+
+LOSSES = ("cross_entropy", "mse")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class TrainResult:
+    """The trained model (in eval mode), per-epoch mean losses and optional checkpoints.
+
+    ``checkpoints[i]`` is a detached copy of the state dict (on the model's device)
+    and ``checkpoint_lrs[i]`` the learning rate in use when it was taken.
+    """
+
+    model: nn.Module
+    losses: list[float] = field(default_factory=list)
+    checkpoints: list[dict[str, Tensor]] = field(default_factory=list)
+    checkpoint_lrs: list[float] = field(default_factory=list)
+
+
+def _as_tensor(value: object, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value)
+    raise TdakitError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}.")
+
+
+def _check_number(value: object, name: str, low: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
+    require(ok and value >= low, f"{name} must be a finite {'integer' if integer else 'number'} "
+            f">= {low}, got {value!r}.")  # fmt: skip
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the RNGs used by dropout & co. inside the loop, restoring global state afterwards."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _check_logits(out: Tensor, max_label: int) -> None:
+    require(
+        out.dim() == 2 and out.shape[1] > max_label,
+        f"cross_entropy needs logits [B, num_classes] with num_classes > the largest label "
+        f"({max_label}), but the model outputs shape {tuple(out.shape)}; build the model "
+        "with enough classes.",
+    )
+
+
+def _batch_loss(out: Tensor, target: Tensor, loss: str) -> Tensor:
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, target)
+    if out.shape != target.shape and out.dim() == 2 and out.shape[1] == 1 and target.dim() == 1:
+        out = out.squeeze(1)  # a single regression output against targets [n]
+    require(
+        out.shape == target.shape,
+        f"mse loss: model outputs have shape {tuple(out.shape)} but targets have shape "
+        f"{tuple(target.shape)}; make the model's output size match the targets' last dimension.",
+    )
+    return F.mse_loss(out, target)
+
+
+def train_model(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    loss: str = "cross_entropy",
+    epochs: int = 20,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    checkpoint_every: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``model`` in place on ``(X, y)`` with mini-batches and return a :class:`TrainResult`.
+
+    Batches follow a fresh permutation each epoch drawn from a CPU generator seeded
+    with ``seed`` (the last batch may be smaller), and dropout-style randomness is
+    seeded too, so the same seed and initial parameters give identical results. Data
+    move to the model's device. ``loss`` is ``"cross_entropy"`` (``y`` int labels [n])
+    or ``"mse"`` (float ``y`` [n] or [n, d]). ``momentum`` only applies to SGD. With
+    ``checkpoint_every=k`` a state-dict copy is kept after every k-th epoch. The model
+    is left in eval mode.
+    """
+    require(isinstance(model, nn.Module), f"model must be a torch.nn.Module, got {type(model)}.")
+    require(loss in LOSSES, f"Unknown loss {loss!r}; choose one of {', '.join(LOSSES)}.")
+    require(
+        optimizer in OPTIMIZERS,
+        f"Unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.",
+    )
+    _check_number(epochs, "epochs", 1, integer=True)
+    _check_number(batch_size, "batch_size", 1, integer=True)
+    _check_number(seed, "seed", 0, integer=True)
+    _check_number(lr, "lr", 0.0)
+    require(lr > 0, f"lr must be > 0, got {lr!r}.")
+    _check_number(momentum, "momentum", 0.0)
+    require(momentum < 1, f"momentum must be in [0, 1), got {momentum!r}.")
+    _check_number(weight_decay, "weight_decay", 0.0)
+    if checkpoint_every is not None:
+        _check_number(checkpoint_every, "checkpoint_every", 1, integer=True)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    require(len(params) > 0, "model has no trainable parameters (requires_grad=True) to train.")
+    device, dtype = params[0].device, params[0].dtype
+    X, y = _as_tensor(X, "X"), _as_tensor(y, "y")
+    require(X.dim() >= 1 and X.shape[0] > 0, "X is empty: pass at least one training example.")
+    require(
+        y.dim() >= 1 and X.shape[0] == y.shape[0],
+        f"X has {X.shape[0]} examples but y has shape {tuple(y.shape)}; "
+        "they must have the same length along the first dimension.",
+    )
+    require(X.is_floating_point(), f"X must be floating point, got dtype {X.dtype}.")
+    if loss == "cross_entropy":
+        require(
+            not y.is_floating_point() and not y.is_complex() and y.dim() == 1,
+            f"cross_entropy needs integer class labels y of shape [n], got {y.dtype} "
+            f"{tuple(y.shape)}; use loss='mse' for real-valued targets.",
+        )
+        y = y.to(device=device, dtype=torch.long)
+        require(int(y.min()) >= 0, "cross_entropy labels must be >= 0 (class indices).")
+    else:
+        y = y.to(device=device, dtype=dtype)
+    X = X.to(device=device, dtype=dtype)
+    n = X.shape[0]
+
+    if optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+    result = TrainResult(model=model)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    model.train()
+    try:
+        with _seeded_rng(seed, device):
+            bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
+            for epoch in bar:
+                perm = torch.randperm(n, generator=generator).to(device)
+                total = torch.zeros((), device=device, dtype=torch.float64)
+                for start in range(0, n, batch_size):
+                    idx = perm[start : start + batch_size]
+                    out = model(X[idx])
+                    if epoch == 0 and start == 0 and loss == "cross_entropy":
+                        _check_logits(out, int(y.max()))
+                    batch_loss = _batch_loss(out, y[idx], loss)
+                    opt.zero_grad(set_to_none=True)
+                    batch_loss.backward()
+                    opt.step()
+                    total += batch_loss.detach().to(torch.float64) * idx.numel()
+                mean = float(total) / n
+                if not math.isfinite(mean):
+                    raise TdakitError(
+                        f"Training loss became non-finite ({mean}) in epoch {epoch + 1}; "
+                        f"the learning rate lr={lr} is probably too high: try a lower lr "
+                        "(e.g. 10x smaller) or check the inputs for NaN/inf."
+                    )
+                result.losses.append(mean)
+                bar.set_postfix(loss=f"{mean:.4f}")
+                if checkpoint_every is not None and (epoch + 1) % checkpoint_every == 0:
+                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    result.checkpoints.append(state)
+                    result.checkpoint_lrs.append(float(opt.param_groups[0]["lr"]))
+    finally:
+        model.eval()
+    return result
