@@ -1,0 +1,82 @@
+"""Methods keep train features in a content-keyed feature store and resume after a crash."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tdakit as tda
+from conftest import tiny_data, tiny_mlp
+from tdakit.features.store import FeatureStore
+
+
+def test_cached_fit_equals_uncached_and_reuses_store(tmp_path, monkeypatch) -> None:
+    model = tiny_mlp()
+    X, y = tiny_data(n=50)
+    task = tda.Task(model)
+    ref = tda.GradDot(task).fit((X, y)).scores((X[:4], y[:4]))
+    first = tda.GradDot(task, cache_dir=tmp_path).fit((X, y))
+    assert torch.allclose(first.scores((X[:4], y[:4])), ref, rtol=1e-12)
+    stores = list(tmp_path.iterdir())
+    assert len(stores) == 1 and FeatureStore.load(stores[0]).is_complete()
+
+    calls = []
+    original = tda.GradDot._features
+    monkeypatch.setattr(
+        tda.GradDot, "_features", lambda self, *a: calls.append(len(a[0])) or original(self, *a)
+    )
+    tda.GradDot(task, cache_dir=tmp_path).fit((X, y))
+    assert calls == [1]  # only the one-row probe for the feature dimension
+
+
+def test_cache_key_follows_model_data_and_projection(tmp_path) -> None:
+    X, y = tiny_data(n=20)
+    tda.GradDot(tda.Task(tiny_mlp(seed=0)), cache_dir=tmp_path).fit((X, y))
+    tda.GradDot(tda.Task(tiny_mlp(seed=1)), cache_dir=tmp_path).fit((X, y))
+    tda.GradDot(tda.Task(tiny_mlp(seed=0)), cache_dir=tmp_path).fit((X[:19], y[:19]))
+    tda.GradDot(tda.Task(tiny_mlp(seed=0)), projection=8, cache_dir=tmp_path).fit((X, y))
+    tda.GradDot(tda.Task(tiny_mlp(seed=0)), cache_dir=tmp_path).fit((X, y))  # reused
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_interrupted_featurisation_resumes_to_identical_arrays(tmp_path, monkeypatch) -> None:
+    import tdakit.features.store as store_mod
+
+    model = tiny_mlp()
+    X, y = tiny_data(n=50)
+    task = tda.Task(model)
+    original_fill = store_mod.FeatureStore.fill
+
+    def crashing_fill(self, fn, shard=None, progress=False):
+        done = []
+
+        def fn_crash(a, b):
+            if len(done) == 1:
+                raise KeyboardInterrupt("simulated crash")
+            done.append(a)
+            return fn(a, b)
+
+        return original_fill(self, fn_crash, shard, progress)
+
+    small_chunks = store_mod.FeatureStore.open.__func__
+
+    def open_small(cls, path, n_rows, dim, **kw):
+        return small_chunks(cls, path, n_rows, dim, **{**kw, "chunk_rows": 16})
+
+    monkeypatch.setattr(store_mod.FeatureStore, "open", classmethod(open_small))
+    monkeypatch.setattr(store_mod.FeatureStore, "fill", crashing_fill)
+    with pytest.raises(KeyboardInterrupt):
+        tda.GradDot(task, cache_dir=tmp_path).fit((X, y))
+    (path,) = tmp_path.iterdir()
+    store = FeatureStore.load(path)
+    assert not store.is_complete() and store.missing_chunks() == [1, 2, 3]
+    with pytest.raises(tda.TdakitError, match="missing"):
+        store.read()
+
+    monkeypatch.setattr(store_mod.FeatureStore, "fill", original_fill)
+    resumed = tda.GradDot(task, cache_dir=tmp_path).fit((X, y)).train_features
+    assert store.is_complete()
+    uninterrupted = tda.GradDot(task, cache_dir=tmp_path / "other").fit((X, y)).train_features
+    assert torch.equal(resumed, uninterrupted)  # bit-identical to a run that never crashed
+    fresh = tda.GradDot(task).fit((X, y)).train_features
+    assert torch.allclose(resumed, fresh, rtol=1e-12)  # same up to batch-size rounding
