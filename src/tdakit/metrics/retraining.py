@@ -1,0 +1,294 @@
+"""Metrics that retrain models: counterfactual sensitivity, coreset selection, model randomisation.
+
+A *recipe* is duck-typed: ``recipe.train(X, y, *, indices=None, init_seed=0, batch_seed=0)``
+returns a trained ``nn.Module`` (see :class:`tdakit.groundtruth.TrainingRecipe`; a
+further-training recipe that starts from a final model works the same way).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from tdakit.errors import require
+from tdakit.metrics import _inputs as check
+from tdakit.metrics.functional import spearman_rows
+from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci, compare, summarise
+from tdakit.task import cross_entropy, eval_mode, squared_error
+from tdakit.train import _seeded_rng
+
+__all__ = ["coreset_selection", "counterfactual_sensitivity", "model_randomisation"]
+
+
+def _check_recipe(recipe: object) -> None:
+    require(
+        callable(getattr(recipe, "train", None)),
+        f"recipe must have a method train(X, y, *, indices, init_seed, batch_seed) -> nn.Module "
+        f"(e.g. tdakit.groundtruth.TrainingRecipe), got {type(recipe).__name__}.",
+    )
+
+
+def _outputs(model: nn.Module, X: Tensor) -> Tensor:
+    require(isinstance(model, nn.Module), "recipe.train must return an nn.Module.")
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    with torch.no_grad(), eval_mode(model):
+        return model(X.to(device)).detach().double().cpu()
+
+
+def _loss_fn(loss: str | Callable | None, recipe: object) -> Callable:
+    loss = getattr(recipe, "loss", "cross_entropy") if loss is None else loss
+    if callable(loss):
+        return loss
+    table = {"cross_entropy": cross_entropy, "mse": squared_error}
+    require(loss in table, f"loss must be 'cross_entropy', 'mse' or a callable, got {loss!r}.")
+    return table[loss]
+
+
+def _evaluate(out: Tensor, y: Tensor, loss_fn: Callable) -> dict[str, Tensor]:
+    """Per-example loss, and (for class logits) the prediction and predictive entropy."""
+    res = {"loss": loss_fn(out, y.to(out.device)).double()}
+    if out.ndim == 2 and out.shape[1] >= 2 and not y.is_floating_point():
+        logp = torch.log_softmax(out, dim=1)
+        res["pred"] = out.argmax(1)
+        res["entropy"] = -(logp.exp() * logp).sum(1)
+    return res
+
+
+def counterfactual_sensitivity(
+    S_or_idx: Tensor,
+    recipe: object,
+    X: Tensor,
+    y: Tensor,
+    X_query: Tensor,
+    y_query: Tensor,
+    *,
+    k: int = 10,
+    loss: str | Callable | None = None,
+    init_seed: int = 0,
+    batch_seed: int = 0,
+    random_seed: int = 0,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    progress: bool = True,
+) -> MetricResult:
+    """Remove each query's top-k training examples, retrain, and measure what changes.
+
+    For every query q: train on ``D`` minus the method's top-``k`` for q, with the same
+    ``init_seed``/``batch_seed`` as the full-data model, and compare with the full-data
+    model on q: change in the query's loss (value; larger is better), prediction flip and
+    change in predictive entropy (classification). Baseline: k random examples per query
+    (seeded by ``random_seed`` and q). Costs ``2 * n_query + 1`` trainings.
+
+    ``S_or_idx``: scores ``[n_query, n_train]`` or ranked indices ``[n_query, >=k]``.
+    ``loss``: per-example ``loss(outputs, targets)``; defaults to ``recipe.loss`` or
+    cross-entropy. ``details``: ``random`` (same statistics for random-k), ``vs_random``
+    (paired comparison of the loss change), ``flip_rate``, ``delta_entropy`` and their
+    random counterparts, each with a bootstrap CI over queries.
+    """
+    _check_recipe(recipe)
+    Xt, yt, Xq, yq = (check.tensor(v, n) for v, n in
+                      ((X, "X"), (y, "y"), (X_query, "X_query"), (y_query, "y_query")))  # fmt: skip
+    n, nq = len(Xt), len(Xq)
+    require(n > 0 and len(yt) == n, f"X ({n}) and y ({len(yt)}) must be non-empty, equal length.")
+    require(len(yq) == nq and nq > 0, "X_query and y_query must be non-empty with equal length.")
+    top = check.ranked(S_or_idx, k, n, "S_or_idx")
+    require(top.shape[0] == nq, f"S_or_idx has {top.shape[0]} rows but there are {nq} queries.")
+    k = top.shape[1]
+    require(k < n, f"k={k} would remove the whole training set ({n} examples).")
+    loss_fn = _loss_fn(loss, recipe)
+    seeds = {"init_seed": init_seed, "batch_seed": batch_seed}
+
+    def removed_run(drop: Tensor, q: int) -> dict[str, Tensor]:
+        keep = torch.ones(n, dtype=torch.bool)
+        keep[drop] = False
+        model = recipe.train(Xt, yt, indices=torch.nonzero(keep).flatten(), **seeds)
+        return _evaluate(_outputs(model, Xq[q : q + 1]), yq[q : q + 1], loss_fn)
+
+    full = _evaluate(_outputs(recipe.train(Xt, yt, indices=None, **seeds), Xq), yq, loss_fn)
+    runs: dict[str, list[dict[str, Tensor]]] = {"method": [], "random": []}
+    for q in tqdm(range(nq), desc="counterfactual", disable=not progress, leave=False):
+        gen = torch.Generator().manual_seed(int(random_seed) * 1_000_003 + q)
+        runs["method"].append(removed_run(top[q], q))
+        runs["random"].append(removed_run(torch.randperm(n, generator=gen)[:k], q))
+
+    kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    details: dict = {"k": k, "init_seed": init_seed, "batch_seed": batch_seed,
+                     "random_seed": random_seed}  # fmt: skip
+    results = {}
+    for which, rs in runs.items():
+        after = {key: torch.cat([r[key] for r in rs]) for key in rs[0]}
+        suffix = "" if which == "method" else "_random"
+        results[which] = summarise("counterfactual_sensitivity", after["loss"] - full["loss"], **kw)
+        if "pred" in after:
+            flips = (after["pred"] != full["pred"]).double()
+            delta_h = after["entropy"] - full["entropy"]
+            details[f"flip_rate{suffix}"] = float(flips.mean())
+            details[f"flip_rate{suffix}_ci"] = bootstrap_ci(flips, **kw)
+            details[f"delta_entropy{suffix}"] = float(delta_h.mean())
+            details[f"delta_entropy{suffix}_ci"] = bootstrap_ci(delta_h, **kw)
+            details[f"flips{suffix}"], details[f"delta_entropy{suffix}_per_query"] = flips, delta_h
+    details["random"] = results["random"]
+    details["vs_random"] = compare(results["method"], results["random"], **kw)
+    r = results["method"]
+    return MetricResult(r.name, r.value, r.ci, r.per_query, r.n, {**r.details, **details})
+
+
+def _ranking(scores_or_ranking: Tensor, n: int, need: int) -> Tensor:
+    t = check.tensor(scores_or_ranking, "scores_or_ranking")
+    require(
+        t.ndim == 1,
+        f"scores_or_ranking must be 1-D: scores [n_train] or a ranking of indices, got shape "
+        f"{tuple(t.shape)}; aggregate a score matrix first, e.g. S.sum(0).",
+    )
+    if t.is_floating_point():
+        t = check.floats(t, "scores_or_ranking", 1, (n,))
+        return torch.argsort(t, descending=True, stable=True)
+    idx = check.labels(t, "scores_or_ranking")
+    require(
+        len(idx) >= need and bool(((idx >= 0) & (idx < n)).all()) and len(idx.unique()) == len(idx),
+        f"A ranking must list at least {need} distinct training indices in [0, {n}).",
+    )
+    return idx
+
+
+def coreset_selection(
+    scores_or_ranking: Tensor,
+    recipe: object,
+    X: Tensor,
+    y: Tensor,
+    X_test: Tensor,
+    y_test: Tensor,
+    budgets: Sequence[int],
+    seeds: Sequence[int] = (0, 1, 2),
+    *,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    progress: bool = True,
+) -> MetricResult:
+    """Test accuracy of models trained on the method's top-``budget`` examples vs random subsets.
+
+    ``scores_or_ranking``: per-example scores ``[n_train]`` (higher = keep first; e.g.
+    ``S.sum(0)`` over validation queries) or a ranking of indices, best first. For each
+    budget b and seed s: train on the top b (``init_seed = batch_seed = s``) and on a random
+    b-subset (drawn with seed s), measure test accuracy. Value: mean accuracy over all
+    (budget, seed) runs (per_query = these runs, budget-major, so :func:`compare` pairs two
+    methods run with the same budgets and seeds). ``details``: per budget ``accuracy``,
+    ``random_accuracy``, ``gain`` (method − random) with bootstrap CIs over seeds
+    (``[B, 2]``), and the raw ``[B, n_seeds]`` runs. Higher is better.
+    """
+    _check_recipe(recipe)
+    Xt, yt = check.tensor(X, "X"), check.tensor(y, "y")
+    Xs, ys = check.tensor(X_test, "X_test"), check.labels(y_test, "y_test")
+    n = len(Xt)
+    require(n > 0 and len(yt) == n, "X and y must be non-empty with equal length.")
+    require(len(Xs) == len(ys), "X_test and y_test must have equal length.")
+    budgets = [check.positive_int(b, "budget", n) for b in budgets]
+    seeds = [int(s) for s in seeds]
+    require(len(budgets) > 0 and len(seeds) > 0, "Give at least one budget and one seed.")
+    order = _ranking(scores_or_ranking, n, max(budgets))
+    acc = torch.zeros(2, len(budgets), len(seeds), dtype=torch.float64)
+    bar = tqdm(total=2 * len(budgets) * len(seeds), desc="coreset", disable=not progress,
+               leave=False)  # fmt: skip
+    for bi, b in enumerate(budgets):
+        for si, s in enumerate(seeds):
+            gen = torch.Generator().manual_seed(s * 1_000_003 + b)
+            for which, idx in enumerate((order[:b], torch.randperm(n, generator=gen)[:b])):
+                model = recipe.train(Xt, yt, indices=idx, init_seed=s, batch_seed=s)
+                acc[which, bi, si] = (_outputs(model, Xs).argmax(1) == ys).double().mean()
+                bar.update()
+    bar.close()
+    kw = {"n_boot": n_boot, "confidence": confidence, "seed": 0}
+    details = {
+        "budgets": budgets,
+        "seeds": seeds,
+        "accuracy": acc[0].mean(1),
+        "accuracy_ci": bootstrap_ci(acc[0].T, **kw),
+        "random_accuracy": acc[1].mean(1),
+        "random_accuracy_ci": bootstrap_ci(acc[1].T, **kw),
+        "gain": (acc[0] - acc[1]).mean(1),
+        "gain_ci": bootstrap_ci((acc[0] - acc[1]).T, **kw),
+        "accuracy_runs": acc[0],
+        "random_accuracy_runs": acc[1],
+    }
+    return summarise("coreset_accuracy", acc[0].flatten(), what="runs", details=details, **kw)
+
+
+def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules that own parameters, output side first."""
+    owners = [(name, m) for name, m in model.named_modules()
+              if any(True for _ in m.parameters(recurse=False))]  # fmt: skip
+    return owners[::-1]
+
+
+def _reinitialise(module: nn.Module, seed: int) -> None:
+    """Redraw the module's own parameters with its initialiser (buffers are kept)."""
+    buffers = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
+    device = next(module.parameters(recurse=False)).device
+    with torch.no_grad(), _seeded_rng(int(seed), device):
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+        else:
+            for p in module.parameters(recurse=False):
+                std = float(p.std()) if p.numel() > 1 and float(p.std()) > 0 else 1.0
+                p.normal_(0.0, std)
+        for n, b in buffers.items():
+            getattr(module, n).copy_(b)
+
+
+def model_randomisation(
+    method_factory: Callable,
+    task: object,
+    train: object,
+    queries: object,
+    *,
+    cascading: bool = False,
+    seed: int = 0,
+    n_boot: int = N_BOOT,
+    confidence: float = CONFIDENCE,
+    progress: bool = True,
+) -> MetricResult:
+    """Spearman between the attributions of the trained model and of a randomised one.
+
+    ``method_factory(task) -> AttributionMethod`` builds the method (unfitted) for a task;
+    it is fitted on ``train`` and scores ``queries`` for the trained model and for a copy
+    whose parameters are re-initialised (each layer's own initialiser, seeded by ``seed``
+    and the layer's position; buffers such as BatchNorm statistics are kept). Per query:
+    Spearman over training examples; value: mean over queries. Lower is better (a method
+    that ignores the model scores 1). ``cascading=True`` randomises layer by layer from the
+    output side, cumulatively; ``details["per_layer"]`` holds one result per step
+    (``details["layers"]`` names them) and the value is the last step (all layers).
+    """
+    from tdakit.task import Task
+
+    require(isinstance(task, Task), f"task must be a tdakit.Task, got {type(task).__name__}.")
+    require(callable(method_factory), "method_factory must be a callable task -> method.")
+    reference = method_factory(task).fit(train).scores(queries)
+    layers = _layers(task.model)
+    model = copy.deepcopy(task.model)
+    modules = dict(model.named_modules())
+    steps = [[name for name, _ in layers]] if not cascading else [[name] for name, _ in layers]
+    kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
+    per_layer: list[MetricResult] = []
+    position = {name: j for j, (name, _) in enumerate(layers)}
+    for names in tqdm(steps, desc="randomise", disable=not progress or len(steps) == 1):
+        for name in names:
+            _reinitialise(modules[name], seed * 1_000_003 + position[name])
+        scores = method_factory(task.at(model)).fit(train).scores(queries)
+        rho = spearman_rows(reference.detach().double().cpu(), scores.detach().double().cpu())
+        details = {"abs_spearman": float(rho.abs().nanmean()), "layers": names[:]}
+        per_layer.append(
+            summarise("model_randomisation", rho, higher_is_better=False, details=details, **kw)
+        )
+    last = per_layer[-1]
+    details = {**last.details, "cascading": cascading, "seed": seed,
+               "layers": [name for name, _ in layers]}  # fmt: skip
+    if cascading:
+        details["per_layer"] = per_layer
+        details["spearman_by_layer"] = torch.tensor([r.value for r in per_layer])
+    return MetricResult(last.name, last.value, last.ci, last.per_query, last.n, details, False)
