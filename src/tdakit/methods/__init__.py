@@ -2,6 +2,7 @@
 
 from tdakit.methods.base import AttributionMethod, FeatureMethod
 from tdakit.methods.gradient import GradCos, GradDot, TracIn
+from tdakit.methods.influence import InfluenceFunction
 from tdakit.methods.random import RandomBaseline
 from tdakit.methods.representation import RepresentationSimilarity
 
@@ -10,6 +11,7 @@ __all__ = [
     "FeatureMethod",
     "GradCos",
     "GradDot",
+    "InfluenceFunction",
     "RandomBaseline",
     "RepresentationSimilarity",
     "TracIn",
