@@ -323,7 +323,7 @@ def run_demo(
     out = Path(out_dir)
     require(
         not out.exists() or out.is_dir(),
-        f"--out {str(out)!r} exists and is not a directory; choose a directory path.",
+        f"The output path {str(out)!r} exists and is not a directory; choose a directory.",
     )
     require(
         isinstance(n_checkpoints, int) and 1 <= n_checkpoints <= epochs,
