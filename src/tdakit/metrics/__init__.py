@@ -20,7 +20,9 @@ from tdakit.metrics.detection import (
 from tdakit.metrics.retraining import (
     coreset_selection,
     counterfactual_sensitivity,
+    model_layers,
     model_randomisation,
+    randomised_copy,
 )
 from tdakit.metrics.stats import (
     Comparison,
@@ -47,8 +49,10 @@ __all__ = [
     "lds",
     "loo_correlation",
     "mislabel_detection",
+    "model_layers",
     "model_randomisation",
     "mrr",
+    "randomised_copy",
     "recall_at_k",
     "subclass_detection",
     "topk_cardinality",

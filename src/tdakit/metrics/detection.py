@@ -113,7 +113,7 @@ def detection_curve(scores: Tensor, positives: Tensor) -> Tensor:
 
 
 def _interp(curve: Tensor, x: float) -> float:
-    xs, ys = curve[:, 0], curve[:, 1]
+    xs, ys = curve[:, 0].contiguous(), curve[:, 1]
     j = int(torch.searchsorted(xs, torch.tensor([float(x)], dtype=xs.dtype)).clamp(1, len(xs) - 1))
     w = (x - xs[j - 1]) / (xs[j] - xs[j - 1])
     return float(ys[j - 1] + w * (ys[j] - ys[j - 1]))

@@ -23,7 +23,8 @@ __all__ = [
 def _tie_bounds(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """For each entry: #entries strictly below it and #entries <= it (same row), + sort order."""
     xs, order = torch.sort(x, dim=-1)
-    flat_s, flat_x = xs.reshape(-1, xs.shape[-1]), x.reshape(-1, x.shape[-1]).contiguous()
+    flat_s = xs.reshape(-1, xs.shape[-1]).contiguous()
+    flat_x = x.reshape(-1, x.shape[-1]).contiguous()
     below = torch.searchsorted(flat_s, flat_x, right=False).reshape(x.shape)
     upto = torch.searchsorted(flat_s, flat_x, right=True).reshape(x.shape)
     return below, upto, order

@@ -21,7 +21,13 @@ from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci,
 from tdakit.task import cross_entropy, eval_mode, squared_error
 from tdakit.train import _seeded_rng
 
-__all__ = ["coreset_selection", "counterfactual_sensitivity", "model_randomisation"]
+__all__ = [
+    "coreset_selection",
+    "counterfactual_sensitivity",
+    "model_layers",
+    "model_randomisation",
+    "randomised_copy",
+]
 
 
 def _check_recipe(recipe: object) -> None:
@@ -218,15 +224,35 @@ def coreset_selection(
     return summarise("coreset_accuracy", acc[0].flatten(), what="runs", details=details, **kw)
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules that own parameters, output side first."""
-    owners = [(name, m) for name, m in model.named_modules()
+def model_layers(model: nn.Module) -> list[str]:
+    """Names of the modules that own parameters, output side first (the cascading order)."""
+    owners = [name for name, m in model.named_modules()
               if any(True for _ in m.parameters(recurse=False))]  # fmt: skip
     return owners[::-1]
 
 
+def randomised_copy(
+    model: nn.Module, *, layers: Sequence[str] | None = None, seed: int = 0
+) -> nn.Module:
+    """A deep copy of ``model`` with the parameters of ``layers`` (default: all) redrawn.
+
+    Each layer is re-initialised by its own ``reset_parameters`` (else ``N(0, std)`` with
+    the parameter's current std) under the RNG seeded with ``seed * 1_000_003 + j``, j the
+    layer's position in :func:`model_layers`; so a layer gets the same draw whichever
+    other layers are randomised with it. Buffers (e.g. BatchNorm statistics) are kept.
+    """
+    order = model_layers(model)
+    chosen = order if layers is None else list(layers)
+    unknown = [name for name in chosen if name not in order]
+    require(not unknown, f"Unknown layers {unknown}; layers with parameters: {order}.")
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    for name in chosen:
+        _reinitialise(modules[name], seed * 1_000_003 + order.index(name))
+    return model
+
+
 def _reinitialise(module: nn.Module, seed: int) -> None:
-    """Redraw the module's own parameters with its initialiser (buffers are kept)."""
     buffers = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
     device = next(module.parameters(recurse=False)).device
     with torch.no_grad(), _seeded_rng(int(seed), device):
@@ -268,26 +294,21 @@ def model_randomisation(
 
     require(isinstance(task, Task), f"task must be a tdakit.Task, got {type(task).__name__}.")
     require(callable(method_factory), "method_factory must be a callable task -> method.")
-    reference = method_factory(task).fit(train).scores(queries)
-    layers = _layers(task.model)
-    model = copy.deepcopy(task.model)
-    modules = dict(model.named_modules())
-    steps = [[name for name, _ in layers]] if not cascading else [[name] for name, _ in layers]
+    reference = method_factory(task).fit(train).scores(queries).detach().double().cpu()
+    layers = model_layers(task.model)
+    steps = [layers] if not cascading else [layers[: j + 1] for j in range(len(layers))]
     kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
     per_layer: list[MetricResult] = []
-    position = {name: j for j, (name, _) in enumerate(layers)}
     for names in tqdm(steps, desc="randomise", disable=not progress or len(steps) == 1):
-        for name in names:
-            _reinitialise(modules[name], seed * 1_000_003 + position[name])
+        model = randomised_copy(task.model, layers=names, seed=seed)
         scores = method_factory(task.at(model)).fit(train).scores(queries)
-        rho = spearman_rows(reference.detach().double().cpu(), scores.detach().double().cpu())
-        details = {"abs_spearman": float(rho.abs().nanmean()), "layers": names[:]}
+        rho = spearman_rows(reference, scores.detach().double().cpu())
+        details = {"abs_spearman": float(rho.abs().nanmean()), "randomised": names}
         per_layer.append(
             summarise("model_randomisation", rho, higher_is_better=False, details=details, **kw)
         )
     last = per_layer[-1]
-    details = {**last.details, "cascading": cascading, "seed": seed,
-               "layers": [name for name, _ in layers]}  # fmt: skip
+    details = {**last.details, "cascading": cascading, "layers": layers}
     if cascading:
         details["per_layer"] = per_layer
         details["spearman_by_layer"] = torch.tensor([r.value for r in per_layer])
