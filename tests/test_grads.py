@@ -105,3 +105,41 @@ def test_fingerprint_changes_with_weights() -> None:
     with torch.no_grad():
         model[0].bias[0] += 1e-6
     assert task.fingerprint() != fp
+
+
+@pytest.mark.parametrize("params", ["all", "last_layer", ["0.weight", "2.bias"]])
+@pytest.mark.parametrize("objective", ["train", "query"])
+def test_linear_fast_path_equals_vmap_path(monkeypatch, params, objective) -> None:
+    import tdakit.features.grads as grads_mod
+
+    model, (X, y) = tiny_mlp(), tiny_data()
+    task = tda.Task(model, measurement="margin", params=params)
+    assert grads_mod.linear_layout(task) is not None
+    fast = gradient_features(task, X, y, objective=objective, batch_size=8)
+    fast_blocks = per_example_grads(task, X, y, objective)
+    proj = tda.Projector(16, seed=0)
+    fast_proj = gradient_features(task, X, y, objective=objective, projector=proj)
+    monkeypatch.setattr(grads_mod, "linear_layout", lambda task: None)
+    slow = gradient_features(task, X, y, objective=objective, batch_size=8)
+    assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-14)
+    slow_blocks = per_example_grads(task, X, y, objective)
+    assert all(torch.allclose(fast_blocks[k], slow_blocks[k], atol=1e-14) for k in slow_blocks)
+    slow_proj = gradient_features(task, X, y, objective=objective, projector=proj)
+    assert torch.allclose(fast_proj, slow_proj, rtol=1e-12, atol=1e-14)
+
+
+def test_linear_fast_path_falls_back_for_shared_layers() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(5, 5).double()
+
+        def forward(self, x):
+            return self.lin(torch.tanh(self.lin(x)))
+
+    torch.manual_seed(0)
+    model = Twice()
+    X, y = tiny_data(n=9)
+    G = gradient_features(tda.Task(model), X, y)
+    ref = loop_grads(model, X, y, torch.nn.functional.cross_entropy)
+    assert torch.allclose(G, ref, rtol=1e-10, atol=1e-12)
