@@ -147,3 +147,25 @@ def test_topk_cardinality_hand_computed_and_ci():
     brute = len(set(big.flatten().tolist())) / 300
     assert rb.value == pytest.approx(brute) and rb.ci[0] < rb.value < rb.ci[1]
     assert rb.ci == metrics.topk_cardinality(big, k=5, seed=3).ci
+
+
+def test_counting_and_sorting_rank_statistics_agree_with_sklearn():
+    from tdakit.metrics.functional import (
+        auroc_ap_from_codes,
+        auroc_rows,
+        average_precision_rows,
+        rankdata,
+    )
+
+    gen = torch.Generator().manual_seed(7)
+    s = torch.randint(0, 8, (40,), generator=gen).double()
+    lab = torch.rand(40, generator=gen) < 0.3
+    values, codes = torch.unique(s, return_inverse=True)
+    idx = metrics.bootstrap_indices(40, 20, seed=0)
+    auroc, ap = auroc_ap_from_codes(codes[idx], lab[idx], len(values))
+    for b in range(20):
+        assert auroc[b] == pytest.approx(roc_auc_score(lab[idx[b]], s[idx[b]]))
+        assert ap[b] == pytest.approx(average_precision_score(lab[idx[b]], s[idx[b]]))
+    assert torch.allclose(auroc_rows(s[idx], lab[idx]), auroc)
+    assert torch.allclose(average_precision_rows(s[idx], lab[idx]), ap)
+    assert rankdata(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from tdakit.errors import require
 from tdakit.metrics import _inputs as check
-from tdakit.metrics.functional import auroc_rows, average_precision_rows
+from tdakit.metrics.functional import auroc_ap_from_codes, auroc_rows, average_precision_rows
 from tdakit.metrics.stats import (
     CONFIDENCE,
     N_BOOT,
@@ -62,9 +62,10 @@ def mislabel_detection(
         f"flipped must mark at least one but not all training examples (got {P} of {n}).",
     )
 
+    values, codes = torch.unique(s, return_inverse=True)
+
     def stats(idx: Tensor) -> Tensor:
-        auroc = auroc_rows(s[idx], flipped[idx])
-        ap = average_precision_rows(s[idx], flipped[idx])
+        auroc, ap = auroc_ap_from_codes(codes[idx], flipped[idx], len(values))
         return torch.stack([P / (2 * n) + (1 - P / n) * auroc, auroc, ap], dim=-1)
 
     point = stats(torch.arange(n).unsqueeze(0))[0]
