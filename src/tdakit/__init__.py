@@ -5,9 +5,11 @@
 >>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
 """
 
+from tdakit import metrics
 from tdakit.errors import TdakitError
 from tdakit.features.projection import Projector
 from tdakit.methods import (
+    TRAK,
     AttributionMethod,
     GradCos,
     GradDot,
@@ -21,6 +23,7 @@ from tdakit.task import Task
 __version__ = "0.1.0"
 
 __all__ = [
+    "TRAK",
     "AttributionMethod",
     "GradCos",
     "GradDot",
@@ -32,4 +35,5 @@ __all__ = [
     "TdakitError",
     "TracIn",
     "__version__",
+    "metrics",
 ]

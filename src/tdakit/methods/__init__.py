@@ -5,8 +5,10 @@ from tdakit.methods.gradient import GradCos, GradDot, TracIn
 from tdakit.methods.influence import InfluenceFunction
 from tdakit.methods.random import RandomBaseline
 from tdakit.methods.representation import RepresentationSimilarity
+from tdakit.methods.trak import TRAK
 
 __all__ = [
+    "TRAK",
     "AttributionMethod",
     "FeatureMethod",
     "GradCos",
