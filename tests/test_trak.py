@@ -105,7 +105,7 @@ def test_equals_brute_force_formula(ensemble, M):
     want = brute_trak(models[:M], R, X, y, Xq, yq, 0.05)
     torch.testing.assert_close(S, want, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(trak.self_scores(), torch.diagonal(trak.scores((X, y))))
-    idx, val = trak.top_k((Xq, yq), k=3)
+    _, val = trak.top_k((Xq, yq), k=3)
     torch.testing.assert_close(val, S.sort(1, descending=True).values[:, :3])
 
 
@@ -166,7 +166,10 @@ def test_recipe_trains_seeded_models_and_halves():
     halves = [c[0] for c in recipe.calls]
     assert all(len(h) == 10 and h == sorted(h) for h in halves) and halves[0] != halves[1]
     # the same models passed as checkpoints give the same scores
-    ckpt = [_train(_model(s), X, y, indices=torch.tensor(h)) for s, h in zip((5, 6, 7), halves)]
+    ckpt = [
+        _train(_model(s), X, y, indices=torch.tensor(h))
+        for s, h in zip((5, 6, 7), halves, strict=True)
+    ]
     S2 = tda.TRAK(task, checkpoints=ckpt, seed=5, damping=0.1).fit((X, y)).scores((Xq, yq))
     torch.testing.assert_close(S, S2)
     again = tda.TRAK(task, recipe=FakeRecipe(), n_models=3, subset="half", seed=5, damping=0.1)
