@@ -3,6 +3,8 @@ from the subsets the recipe was actually asked to train on."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -117,6 +119,8 @@ def test_counterfactual_sensitivity_classification_flips_and_entropy():
         assert r.details["delta_entropy_per_query"][q] == pytest.approx(h1 - h0)
     assert r.details["flip_rate"] == pytest.approx(float(r.details["flips"].mean()))
     assert "flip_rate_random" in r.details and "delta_entropy_random_ci" in r.details
+    summary = json.loads(json.dumps(r.to_dict()))  # reports can serialise every field
+    assert summary["details"]["vs_random"]["n"] == len(Xq)
 
 
 def test_counterfactual_sensitivity_errors():

@@ -18,6 +18,7 @@ def lds(
     masks: Tensor,
     losses: Tensor,
     *,
+    measurement: str = "loss",
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     seed: int = 0,
@@ -34,6 +35,7 @@ def lds(
         masks: subset membership ``[M, n_train]`` (bool).
         losses: query losses of the subset-trained models ``[M, n_query]``, or
             ``[M, R, n_query]`` for R models per subset (averaged over R first).
+        measurement: what ``losses`` measure (recorded in ``details`` for the report).
         seed: bootstrap seed (CI over queries).
 
     Queries whose outcome (or prediction) is constant over subsets have no defined
@@ -56,7 +58,8 @@ def lds(
     require(M >= 3, f"LDS needs at least 3 subsets to rank (got M={M}); draw more subsets.")
     predicted = S @ masks.double().T  # [nq, M]
     per_query = spearman_rows(predicted, -L.T)
-    details = {"M": M, "R": R, "alpha": float(masks.double().mean()), "n_query": nq}
+    alpha = float(masks.double().mean())
+    details = {"M": M, "R": R, "alpha": alpha, "measurement": measurement, "n_query": nq}
     return summarise(
         "lds", per_query, n_boot=n_boot, confidence=confidence, seed=seed, details=details
     )

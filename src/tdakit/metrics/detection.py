@@ -22,6 +22,9 @@ from tdakit.metrics.stats import (
     bootstrap_statistic,
     summarise,
 )
+from tdakit.scoring import train_blocks
+
+_ROW_ELEMENTS = 8_000_000  # score entries ranked at once
 
 __all__ = [
     "backdoor_detection",
@@ -148,8 +151,9 @@ def backdoor_detection(
     S = check.floats(S, "S", 2)
     nq, n = S.shape
     rel = _relevance(triggered, nq, n, "triggered")
-    ap = average_precision_rows(S, rel)
-    auroc = auroc_rows(S, rel)
+    ap, auroc = torch.empty(nq, dtype=torch.float64), torch.empty(nq, dtype=torch.float64)
+    for a, b in train_blocks(nq, max(1, _ROW_ELEMENTS // n)):  # bounded memory
+        ap[a:b], auroc[a:b] = average_precision_rows(S[a:b], rel[a:b]), auroc_rows(S[a:b], rel[a:b])
     kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
     details = {
         "auroc": float(auroc.nanmean()),
@@ -290,12 +294,11 @@ def topk_cardinality(
     top = check.ranked(S_or_idx, k, None, "S_or_idx")
     require(bool((top >= 0).all()), "S_or_idx holds negative indices.")
     nq, k = top.shape
-    n = int(top.max()) + 1
 
-    def card(idx: Tensor) -> Tensor:
-        chosen = top[idx].reshape(len(idx), -1)
-        present = torch.zeros(len(idx), n, dtype=torch.bool).scatter_(1, chosen, True)
-        return present.sum(1).double() / (nq * k)
+    def card(idx: Tensor) -> Tensor:  # distinct entries per resample, via a row-wise sort
+        chosen = torch.sort(top[idx].reshape(len(idx), -1), dim=1).values
+        distinct = 1 + (chosen[:, 1:] != chosen[:, :-1]).sum(1)
+        return distinct.double() / (nq * k)
 
     value = float(card(torch.arange(nq).unsqueeze(0))[0])
     lo, hi = bootstrap_statistic(

@@ -73,7 +73,7 @@ class MetricResult:
                 return {k: plain(x) for k, x in v.items()}
             if isinstance(v, (list, tuple)):
                 return [plain(x) for x in v]
-            if isinstance(v, MetricResult):
+            if isinstance(v, (MetricResult, Comparison)):
                 return v.to_dict()
             return v
 
@@ -99,6 +99,13 @@ class Comparison:
     test: str
     n: int
     details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly summary."""
+        return {
+            "name": self.name, "difference": self.difference, "ci": list(self.ci),
+            "p_value": self.p_value, "test": self.test, "n": self.n, "details": self.details,
+        }  # fmt: skip
 
     def __str__(self) -> str:
         lo, hi = self.ci
