@@ -93,11 +93,15 @@ def seed_ensemble(
                 "device": data.device,
             },
             name=f"ensemble init {i} batch {b}",
-            describe={"recipe": recipe, "seeds": [i, b], "keep_last": keep_last,
-                      **data.description},
+            describe={
+                "recipe": recipe,
+                "seeds": [i, b],
+                "keep_last": keep_last,
+                **data.description,
+            },
         )
         for i, b in seeds
-    ]  # fmt: skip
+    ]
     out = executor.run(jobs, desc="seed ensemble")
     return Ensemble(
         states=[o["state"] for o in out],

@@ -122,9 +122,8 @@ def further_training(
                 "device": data.device,
             },
             name=f"further seed {seed} " + ("full" if left is None else f"{mechanism} {left}"),
-            describe={**common, "seed": seed, "drop": drop, "downweight": down,
-                      "epsilon": epsilon},
-        )  # fmt: skip
+            describe={**common, "seed": seed, "drop": drop, "downweight": down, "epsilon": epsilon},
+        )
 
     jobs = [job(s, left) for s in seed_list for left in [None, *map(int, idx)]]
     out = torch.stack(executor.run(jobs, desc="further training"))

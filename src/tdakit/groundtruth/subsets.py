@@ -82,12 +82,16 @@ def subset_retraining(
                 "device": data.device,
             },
             name=f"subset {m} model {r}",
-            describe={"recipe": recipe, "mask": masks[m], "seed": int(seeds[m, r]),
-                      **data.description},
+            describe={
+                "recipe": recipe,
+                "mask": masks[m],
+                "seed": int(seeds[m, r]),
+                **data.description,
+            },
         )
         for m in range(n_subsets)
         for r in range(n_models)
-    ]  # fmt: skip
+    ]
     out = torch.stack(executor.run(jobs, desc="subset retraining"))
     all_losses = out.reshape(n_subsets, n_models, -1)
     config = {

@@ -1,0 +1,161 @@
+"""Executor: content keys, caching, resume after a killed worker, failures, Ray."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tdakit.errors import TdakitError
+from tdakit.groundtruth import Job, Shared, TrainingRecipe, content_key, run_jobs
+from tdakit.groundtruth.executor import _import_ray
+from tdakit.groundtruth.jobs import train_and_measure
+
+
+# --- job functions (module level: workers import this module by name) ---------------------
+def noisy_product(seed: int, base: torch.Tensor, log_dir: str) -> torch.Tensor:
+    """Deterministic result; leaves a file per execution so tests can count runs."""
+    Path(log_dir, f"ran-{seed}-{os.getpid()}-{os.urandom(4).hex()}").touch()
+    gen = torch.Generator().manual_seed(seed)
+    return base @ torch.randn(base.shape[1], 2, generator=gen, dtype=base.dtype)
+
+
+def crash_once(seed: int, base: torch.Tensor, log_dir: str, marker: str) -> torch.Tensor:
+    """Kill the worker process the first time (no exception, no cleanup), then work."""
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        os._exit(3)
+    return noisy_product(seed, base, log_dir)
+
+
+def fail_on(seed: int, bad: int) -> int:
+    if seed == bad:
+        raise ValueError(f"boom at {seed}")
+    return seed * 10
+
+
+def _runs(log_dir: Path) -> list[int]:
+    return sorted(int(p.name.split("-")[1]) for p in log_dir.iterdir())
+
+
+@pytest.fixture
+def base():
+    return torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+def test_content_keys_follow_content_not_identity(base):
+    job = Job(noisy_product, (1, base, "x"))
+    assert Job(noisy_product, (1, base.clone(), "x")).key == job.key
+    assert Job(noisy_product, (2, base, "x")).key != job.key
+    changed = base.clone()
+    changed[0, 0] += 1e-12
+    assert Job(noisy_product, (1, changed, "x")).key != job.key
+    assert Job(noisy_product, (1, base.float(), "x")).key != job.key
+    assert Job(fail_on, (1, base, "x")).key != job.key  # the function is part of the key
+    recipe = TrainingRecipe(lr=0.1)
+    assert content_key(recipe) == content_key(TrainingRecipe(lr=0.1))
+    assert content_key(recipe) != content_key(recipe.replace(lr=0.2))
+    assert Shared(base).key == Shared(base.clone()).key
+    described = Job(noisy_product, (1, base, "x"), describe={"what": 1})
+    assert described.key == Job(noisy_product, (9, base, "y"), describe={"what": 1}).key
+    with pytest.raises(TdakitError, match="describe"):
+        Job(noisy_product, (object(),))
+
+
+def test_serial_cache_skips_finished_jobs_and_dedupes(tmp_path, base):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    jobs = [Job(noisy_product, (s, Shared(base), str(logs)), describe=s) for s in (0, 1, 1, 2)]
+    first = run_jobs(jobs, backend="serial", cache_dir=tmp_path / "c", progress=False)
+    assert _runs(logs) == [0, 1, 2]  # the duplicate ran once
+    again = run_jobs(jobs, backend="serial", cache_dir=tmp_path / "c", progress=False)
+    assert _runs(logs) == [0, 1, 2]  # nothing recomputed
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(first[1], first[2])
+    assert not list((tmp_path / "c").rglob(".tmp*"))  # no temp files left behind
+
+
+def test_local_resumes_after_a_killed_worker_and_matches_serial(tmp_path, base):
+    logs, cache = tmp_path / "logs", tmp_path / "cache"
+    logs.mkdir()
+    marker = str(tmp_path / "crashed")
+    jobs = [Job(crash_once, (s, Shared(base), str(logs), marker), describe=s) for s in range(6)]
+    with pytest.raises(TdakitError, match="failed") as info:
+        run_jobs(jobs, backend="local", workers=2, cache_dir=cache, progress=False)
+    failed = {f.index for f in info.value.failures}
+    assert failed and len(failed) <= 6
+    survived = set(range(6)) - failed
+    assert set(_runs(logs)) == survived  # finished jobs were cached before the error
+    for p in logs.iterdir():
+        p.unlink()
+    resumed = run_jobs(jobs, backend="local", workers=2, cache_dir=cache, progress=False)
+    assert set(_runs(logs)) == failed  # only the missing jobs ran
+    serial = run_jobs(jobs, backend="serial", progress=False)  # marker exists: no crash
+    for a, b in zip(resumed, serial, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_failing_job_is_named_and_others_are_kept(tmp_path):
+    jobs = [Job(fail_on, (s, 2), name=f"seed-{s}") for s in range(4)]
+    with pytest.raises(TdakitError) as info:
+        run_jobs(jobs, backend="serial", cache_dir=tmp_path, progress=False)
+    message = str(info.value)
+    assert "1 of 4 job(s) failed" in message and "seed-2" in message
+    assert "ValueError: boom at 2" in message and jobs[2].key[:12] in message
+    assert info.value.results == [0, 10, None, 30]
+    ok = [Job(fail_on, (s, 99), name=f"seed-{s}") for s in range(4)]
+    assert run_jobs(ok, backend="serial", progress=False) == [0, 10, 20, 30]
+
+
+def test_corrupt_cache_entry_is_reported(tmp_path):
+    job = Job(fail_on, (1, 5))
+    run_jobs([job], backend="serial", cache_dir=tmp_path, progress=False)
+    path = next(tmp_path.rglob("*.pt"))
+    path.write_bytes(b"not a torch file")
+    with pytest.raises(TdakitError, match="delete that file"):
+        run_jobs([job], backend="serial", cache_dir=tmp_path, progress=False)
+
+
+def test_bad_arguments():
+    with pytest.raises(TdakitError, match="backend"):
+        run_jobs([], backend="slurm")
+    with pytest.raises(TdakitError, match="workers"):
+        run_jobs([], workers=0)
+    assert run_jobs([], backend="local", progress=False) == []
+
+
+def test_missing_ray_gives_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(TdakitError, match=r'pip install "tdakit\[ray\]"'):
+        _import_ray()
+
+
+def test_ray_backend_gives_identical_results():
+    ray = pytest.importorskip("ray", reason="Ray is in the test extra; install tdakit[test]")
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 3, generator=gen)
+    y = torch.randint(0, 3, (40,), generator=gen)
+    recipe = TrainingRecipe("mlp", model_kwargs={"hidden": (6,)}, epochs=2, batch_size=8)
+    jobs = [
+        Job(
+            train_and_measure,
+            (recipe, Shared(X), Shared(y), Shared(X[:5]), Shared(y[:5])),
+            {
+                "keep": X[:, 0] > t,
+                "init_seed": s,
+                "batch_seed": s,
+                "measurement": "loss",
+                "device": "cpu",
+            },
+        )
+        for s, t in ((0, -9.0), (1, 0.0), (2, 0.5))
+    ]
+    serial = run_jobs(jobs, backend="serial", progress=False)
+    remote = run_jobs(jobs, backend="ray", workers=2, progress=False)
+    assert not ray.is_initialized()  # the executor shut down the Ray it started
+    for a, b in zip(serial, remote, strict=True):
+        assert torch.equal(a, b)
