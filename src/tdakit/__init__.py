@@ -5,7 +5,7 @@
 >>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
 """
 
-from tdakit import metrics
+from tdakit import groundtruth, metrics
 from tdakit.errors import TdakitError
 from tdakit.features.projection import Projector
 from tdakit.methods import (
@@ -35,5 +35,6 @@ __all__ = [
     "TdakitError",
     "TracIn",
     "__version__",
+    "groundtruth",
     "metrics",
 ]

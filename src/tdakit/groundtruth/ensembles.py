@@ -42,13 +42,7 @@ class Ensemble:
     def models(self, recipe: TrainingRecipe, train: DataLike) -> list[nn.Module]:
         """The members as modules (eval mode, on the training data's device and dtype)."""
         X, y = as_tensors(train, "train")
-        out = []
-        for state in self.states:
-            model = recipe.build(0, X, y)
-            model.load_state_dict(state)
-            model = model.to(X.device, X.dtype if X.is_floating_point() else None)
-            out.append(model.eval())
-        return out
+        return [recipe.materialise(0, X, y, state).eval() for state in self.states]
 
 
 def ensemble_seeds(n_models: int, vary: str = "both", seed: int = 0) -> list[tuple[int, int]]:

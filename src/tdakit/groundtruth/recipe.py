@@ -198,6 +198,28 @@ class TrainingRecipe:
             outputs = outputs or _output_width(y, self.loss)
         return build_model(self.model, in_shape, outputs, seed=init_seed, **self.model_kwargs)
 
+    def materialise(
+        self,
+        init_seed: int,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        state: Mapping[str, torch.Tensor] | nn.Module | None = None,
+    ) -> nn.Module:
+        """A model built from ``init_seed`` (then loaded with ``state`` if given), moved to
+        ``X``'s device (and dtype, for floating inputs)."""
+        model = self.build(init_seed, X, y)
+        if state is not None:
+            state = state.state_dict() if isinstance(state, nn.Module) else state
+            try:
+                model.load_state_dict(dict(state))
+            except (RuntimeError, KeyError) as err:
+                raise TdakitError(
+                    f"The state does not fit the recipe's model: {err}. Pass a state dict of "
+                    "a model built by this recipe."
+                ) from err
+        model = model.to(device=X.device)
+        return model.to(dtype=X.dtype) if X.is_floating_point() else model
+
     # --- training --------------------------------------------------------------------------
     def train(
         self,
@@ -249,19 +271,7 @@ class TrainingRecipe:
         n = len(X)
         keep = _mask(indices, n, "indices")
         require(bool(keep.any()), "indices is empty: train on at least one example.")
-        model = self.build(init_seed, X, y)
-        if init_state is not None:
-            state = init_state.state_dict() if isinstance(init_state, nn.Module) else init_state
-            try:
-                model.load_state_dict(dict(state))
-            except (RuntimeError, KeyError) as err:
-                raise TdakitError(
-                    f"init_state does not fit the recipe's model: {err}. Pass a state dict of "
-                    "a model built by this recipe."
-                ) from err
-        model = model.to(device=X.device)
-        if X.is_floating_point():
-            model = model.to(dtype=X.dtype)
+        model = self.materialise(init_seed, X, y, init_state)
         dw = None
         if downweight is not None:
             dw = torch.nonzero(_mask(downweight, n, "downweight")).squeeze(1).to(X.device)
