@@ -7,6 +7,7 @@ projections), runs offline, and takes well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,18 +65,21 @@ class MethodEntry:
                 raise TdakitError(f"tdakit.{self.requires} is missing; the install is broken.")
             return None, f"tdakit.{self.requires} is not available in this version"
         if self.option is not None:
-            attr, value = self.option
-            if value not in getattr(cls, attr, ()):
+            attr, value = self.option  # looked up on the class, else on its module
+            choices = getattr(cls, attr, getattr(sys.modules[cls.__module__], attr, ()))
+            if value not in choices:
                 return None, f"tdakit.{self.requires} has no {attr[:-1].lower()} {value!r}"
         return cls, ""
 
 
 def _influence(solver: str, **kw: object) -> Callable[[type, DemoContext], AttributionMethod]:
     def build(cls: type, ctx: DemoContext) -> AttributionMethod:
-        return cls(ctx.task, solver=solver, progress=ctx.progress, **kw)
+        return cls(ctx.task, solver=solver, damping=INFLUENCE_DAMPING, progress=ctx.progress, **kw)
 
     return build
 
+
+INFLUENCE_DAMPING = 0.01  # absolute λ; 1e-3 leaves the near-singular GGN directions too noisy
 
 METHODS: list[MethodEntry] = [
     MethodEntry(
@@ -92,24 +96,25 @@ METHODS: list[MethodEntry] = [
         "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
     ),
     MethodEntry(
-        "Influence (exact)", "InfluenceFunction", _influence("exact"),
-        "(1/N) g_q^T (H + λI)^-1 g_i with the exact damped Hessian", optional=True,
+        "Influence (exact GGN)", "InfluenceFunction", _influence("exact", curvature="ggn"),
+        "(1/N) g_q^T (G + λI)^-1 g_i, exact Gauss-Newton matrix, λ=0.01", optional=True,
         option=("SOLVERS", "exact"),
     ),
     MethodEntry(
         "Influence (EK-FAC)", "InfluenceFunction", _influence("ekfac"),
-        "influence with an eigenvalue-corrected Kronecker-factored curvature", optional=True,
+        "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01", optional=True,
         option=("SOLVERS", "ekfac"),
     ),
     MethodEntry(
         "DataInf", "InfluenceFunction", _influence("datainf"),
-        "closed-form layerwise influence approximation", optional=True,
+        "closed-form layerwise influence approximation, λ=0.01", optional=True,
         option=("SOLVERS", "datainf"),
     ),
     MethodEntry(
         "TRAK", "TRAK",
-        lambda cls, c: cls(c.task, seed=c.seed, progress=c.progress),
-        "projected margin gradients with a kernel preconditioner", optional=True,
+        lambda cls, c: cls(c.task, checkpoints=c.checkpoints, seed=c.seed, progress=c.progress),
+        "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
+        "TracIn checkpoints", optional=True,
     ),
     MethodEntry(
         "RepresenterPoints", "RepresenterPoints",
@@ -227,10 +232,6 @@ _READING = (
 )
 
 
-def _secs(seconds: float, run: MethodRun) -> float:
-    return float("nan") if run.skipped else round(seconds, 3)
-
-
 def build_report(result: DemoResult, top_k: int) -> Report:
     """Compose the demo's HTML report from a finished run."""
     from tdakit.report import Report
@@ -256,12 +257,23 @@ def build_report(result: DemoResult, top_k: int) -> Report:
     )
     report.add_section("How to read this report").add_text(_READING)
     report.add_section("Methods")
+    yq = split.y_test[result.query_idx]
+    rows = []
+    for r in result.runs:
+        same = float("nan")
+        if r.scores is not None:  # share of top-k proponents labelled like their query
+            top = r.scores.topk(min(top_k, r.scores.shape[1]), dim=1).indices
+            same = round(100 * float((split.y_train[top] == yq[:, None]).double().mean()))
+        secs = (
+            [float("nan")] * 2
+            if r.skipped
+            else [round(r.fit_seconds, 2), round(r.score_seconds, 2)]
+        )
+        rows.append([r.name, r.description, *secs, same, r.status])
     report.add_table(
-        ["method", "what it computes", "fit (s)", "scores (s)", "status"],
-        [
-            [r.name, r.description, _secs(r.fit_seconds, r), _secs(r.score_seconds, r), r.status]
-            for r in result.runs
-        ],
+        ["method", "what it computes", "fit (s)", "scores (s)",
+         f"top-{top_k} proponents with the query's label (%)", "status"],
+        rows,
     )  # fmt: skip
     scores = {r.name: r.scores for r in done}
     if len(scores) >= 2:
@@ -399,6 +411,8 @@ def run_demo(
         "queries": queries,
         "predictions": result.predictions,
         "config": result.config,
+        "seconds": {r.name: (r.fit_seconds, r.score_seconds) for r in done},
+        "skipped": {r.name: r.skipped for r in runs if r.skipped},
     }
     _atomic_write(out / "scores.pt", lambda f: torch.save(payload, f))
     path = report.write(out / "report.html")

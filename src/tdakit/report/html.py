@@ -37,7 +37,8 @@ section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:14px 
 section h2{margin:2px 0 10px;font-size:1.25em}
 table.data{border-collapse:collapse;font-size:.9em;margin:8px 0}
 table.data th,table.data td{border:1px solid #dde1e7;padding:4px 9px;text-align:left}
-table.data th{background:#eef1f5}
+table.data th{background:#eef1f5;overflow-wrap:anywhere;vertical-align:bottom}
+div.scroll{overflow-x:auto;max-width:100%}
 table.data td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:10px 0}
 figure img{max-width:100%}
@@ -147,7 +148,8 @@ class Report:
         )
         cap = f"<caption>{escape(caption)}</caption>" if caption else ""
         return self.add_html(
-            f'<table class="data">{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f'<div class="scroll"><table class="data">{cap}<thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></div>"
         )
 
     def add_figure(
