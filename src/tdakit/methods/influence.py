@@ -28,9 +28,8 @@ from tdakit.curvature.operators import (
 )
 from tdakit.curvature.solvers import DataInfSolver, ExactSolver, InverseCurvature, check_damping
 from tdakit.errors import TdakitError, require
-from tdakit.features.grads import gradient_features
 from tdakit.features.projection import Projector
-from tdakit.methods.base import FeatureMethod
+from tdakit.methods.gradient import GradDot
 from tdakit.task import Task
 
 # Allowed curvatures per solver; the first is the default.
@@ -49,8 +48,10 @@ DAMPING_MODES = ("absolute", "relative")
 DIAG_ESTIMATES = ("auto", "exact", "hutchinson", "grad_sq")
 
 
-class InfluenceFunction(FeatureMethod):
+class InfluenceFunction(GradDot):
     """Influence functions with a choice of curvature and inverse solver.
+
+    Grad-Dot's gradient features, preconditioned by ``(C + lam I)^{-1}`` and scaled by 1/N.
 
     Args:
         task: model, loss and measurement.
@@ -138,6 +139,7 @@ class InfluenceFunction(FeatureMethod):
         super().__init__(
             task,
             projection=projector,
+            seed=seed,
             cache_dir=cache_dir,
             batch_size=batch_size,
             block_size=block_size,
@@ -170,19 +172,6 @@ class InfluenceFunction(FeatureMethod):
     @property
     def scale(self) -> float:  # type: ignore[override]
         return 1.0 / self.n_train
-
-    # --- features -------------------------------------------------------------------------
-    def _features(self, X: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
-        return gradient_features(
-            self.task,
-            X,
-            y,
-            objective=objective,
-            projector=self.projector,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            desc=f"influence {objective} gradients",
-        )
 
     def _prepare(self, Q: torch.Tensor) -> torch.Tensor:
         if self.solver_ is None:
