@@ -44,20 +44,21 @@ def streaming_top_k(
     best_val = best_idx = None
     for start, stop in train_blocks(n_train, block):
         s = score_block(start, stop)
-        idx = torch.arange(start, stop, device=s.device).expand_as(s)
+        val, idx = _block_top(s if largest else -s, min(k, stop - start))
+        val, idx = val if largest else -val, idx + start
         if best_val is not None:
-            s = torch.cat([best_val, s], dim=1)
-            idx = torch.cat([best_idx, idx], dim=1)
-        best_val, best_idx = _stable_top(s, idx, min(k, s.shape[1]), largest)
+            val, idx = torch.cat([best_val, val], 1), torch.cat([best_idx, idx], 1)
+        order = val.argsort(dim=1, descending=largest, stable=True)[:, :k]
+        best_val, best_idx = val.gather(1, order), idx.gather(1, order)
     assert best_val is not None and best_idx is not None
     return best_idx, best_val
 
 
-def _stable_top(
-    s: torch.Tensor, idx: torch.Tensor, k: int, largest: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # Sort by index first, then a stable sort by value: ties keep the lower index first.
-    order = idx.argsort(dim=1, stable=True)
-    s, idx = s.gather(1, order), idx.gather(1, order)
-    order = s.argsort(dim=1, descending=largest, stable=True)[:, :k]
-    return s.gather(1, order), idx.gather(1, order)
+def _block_top(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest of each row, listed in column order; among equal values at the
+    cut-off the lowest columns win (``torch.topk`` alone does not promise that)."""
+    kth = s.topk(k, dim=1).values[:, -1:]
+    above = s > kth
+    ties = (s == kth) & ((s == kth).cumsum(1) <= k - above.sum(1, keepdim=True))
+    cols = (above | ties).nonzero()[:, 1].view(len(s), k)
+    return s.gather(1, cols), cols

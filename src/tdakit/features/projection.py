@@ -13,6 +13,7 @@ the same seed always gives the same projection on any device.
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from typing import Literal
 
@@ -81,12 +82,7 @@ class Projector:
         sketch = self._sketch(name, c0, part.shape[1], part.device, part.dtype)
         if self.kind != "sjlt":
             return part @ sketch
-        rows, signs = sketch
-        out = torch.zeros(len(part), self.dim, dtype=part.dtype, device=part.device)
-        scaled = part / math.sqrt(self.sparsity)
-        for r in range(self.sparsity):
-            out.index_add_(1, rows[r], scaled * signs[r])
-        return out
+        return (sketch @ part.T).T  # sparse CSR [dim, n] @ dense [n, B]
 
     def _sketch(self, name: str, c0: int, n: int, device: torch.device, dtype: torch.dtype):
         key = (name, c0, device, dtype)
@@ -106,18 +102,29 @@ class Projector:
             sketch = ((2 * bits - 1) / math.sqrt(self.dim)).to(device=device, dtype=dtype)
             size = sketch.numel() * sketch.element_size()
         else:
-            seg = self.dim // self.sparsity
-            offsets = torch.arange(self.sparsity).view(-1, 1) * seg
-            rows = (torch.randint(0, seg, (self.sparsity, n), generator=gen) + offsets).to(device)
-            signs = (2 * torch.randint(0, 2, (self.sparsity, n), generator=gen) - 1).to(
-                device, dtype
-            )
-            sketch = (rows, signs)
-            size = rows.numel() * 8 + signs.numel() * signs.element_size()
+            sketch = self._sparse_sketch(gen, n, device, dtype)
+            size = sketch.values().numel() * (8 + sketch.values().element_size())
         if self._cached_bytes + size <= self.cache_bytes:
             self._cache[key] = sketch
             self._cached_bytes += size
         return sketch
+
+    def _sparse_sketch(
+        self, gen: torch.Generator, n: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """CSR ``[dim, n]``: column c has ``+-1/sqrt(s)`` in one row of each of ``s`` segments."""
+        seg = self.dim // self.sparsity
+        offsets = torch.arange(self.sparsity).view(-1, 1) * seg
+        rows = torch.randint(0, seg, (self.sparsity, n), generator=gen) + offsets
+        signs = 2 * torch.randint(0, 2, (self.sparsity, n), generator=gen) - 1
+        cols = torch.arange(n).expand(self.sparsity, n)
+        values = signs.to(torch.float64) / math.sqrt(self.sparsity)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR is in beta"
+            coo = torch.sparse_coo_tensor(
+                torch.stack([rows.reshape(-1), cols.reshape(-1)]), values.reshape(-1), (self.dim, n)
+            )
+            return coo.coalesce().to_sparse_csr().to(device=device, dtype=dtype)
 
 
 def make_projector(

@@ -162,6 +162,11 @@ class FeatureMethod(AttributionMethod):
             "projection": None if self.projector is None else self.projector.config,
         }
 
+    def scores(self, queries: DataLike) -> torch.Tensor:
+        # The result is dense anyway: one product beats assembling blocks.
+        Q = self._query_side(*self._queries(queries))
+        return self.scale * (Q @ self._fitted_features().T)
+
     def self_scores(self) -> torch.Tensor:
         X, y = self._fitted_train()
         T = self._fitted_features()
