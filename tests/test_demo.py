@@ -1,0 +1,125 @@
+"""The demo pipeline end to end on a reduced configuration, query choice, method discovery."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import tdakit as tda
+from tdakit.demo import METHODS, MethodEntry, pick_queries, run_demo
+from tdakit.errors import TdakitError
+from tdakit.report import escape
+
+TINY = dict(n_queries=2, seed=0, progress=False, epochs=2, hidden=(8,), n_train=200,
+            n_checkpoints=2, top_k=3)  # fmt: skip
+
+
+def _available() -> list[MethodEntry]:
+    return [e for e in METHODS if e.resolve()[0] is not None]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    path = run_demo(out, **TINY)
+    return path, path.read_text(encoding="utf-8")
+
+
+def test_demo_writes_report_and_scores(demo_out):
+    path, _ = demo_out
+    assert path.name == "report.html"
+    payload = torch.load(path.parent / "scores.pt")
+    available = _available()
+    assert len(available) >= 5  # the core methods are always there
+    assert list(payload["scores"]) == [e.name for e in available]
+    for S in payload["scores"].values():
+        assert S.shape == (2, 200) and torch.isfinite(S).all()
+    # RandomBaseline's scores depend only on the seed, the query position and n_train
+    Xq, yq = payload["queries"]
+    train = (torch.zeros(200, *Xq.shape[1:]), torch.zeros(200, dtype=torch.long))
+    ref = tda.RandomBaseline(seed=0).fit(train).scores((Xq, yq))
+    assert torch.equal(payload["scores"]["RandomBaseline"], ref.float())
+    # the first query is a misclassified one (the 2-epoch model makes mistakes)
+    assert payload["predictions"][0] != yq[0]
+    assert payload["query_indices"].unique().numel() == 2
+
+
+def test_demo_html_shows_every_method_and_query(demo_out):
+    _, html = demo_out
+    for entry in METHODS:  # skipped ones appear in the methods table with their reason
+        assert escape(entry.name) in html
+    blocks = html.split('<div class="query">')[1:]
+    assert len(blocks) == 2
+    assert "misclassified" in blocks[0]
+    available = _available()
+    for block in blocks:
+        rows = re.findall(r'<td class="mname">([^<]*)</td>', block)
+        assert rows == [escape(e.name) for e in available]
+    images = re.findall(r'src="data:image/png;base64,', html)
+    # loss curve + heatmap, and per query: its image + 3 proponents + 3 opponents per method
+    assert len(images) == 2 + 2 * (1 + 6 * len(available))
+    assert "Method agreement" in html and "http" not in html
+
+
+def test_pick_queries_prefers_a_few_misclassified_and_distinct_labels():
+    y = torch.arange(40) % 10
+    pred = y.clone()
+    wrong = torch.tensor([3, 17, 25, 31])
+    pred[wrong] = (y[wrong] + 1) % 10
+    idx = pick_queries(y, pred, 6, seed=1)
+    assert idx.tolist() == pick_queries(y, pred, 6, seed=1).tolist()
+    assert len(set(idx.tolist())) == 6
+    n_wrong = int((pred[idx] != y[idx]).sum())
+    assert n_wrong == 2 and bool((pred[idx[:2]] != y[idx[:2]]).all())
+    assert len(set(y[idx].tolist())) == 6  # enough labels to keep them distinct
+    correct = pick_queries(y, y, 5, seed=0)
+    assert len(set(y[correct].tolist())) == 5
+    with pytest.raises(TdakitError, match="exceeds"):
+        pick_queries(y, pred, 41, seed=0)
+
+
+def _entry(name: str, requires: str, **kw) -> MethodEntry:
+    return MethodEntry(name, requires, lambda cls, c: cls(c.task), "test entry", **kw)
+
+
+def test_missing_optional_methods_are_skipped_with_a_reason(tmp_path, capsys):
+    ghost = _entry("Ghost", "NoSuchMethod", optional=True)
+    odd = _entry("Odd solver", "InfluenceFunction", optional=True, option=("SOLVERS", "nope"))
+    assert ghost.resolve() == (None, "tdakit.NoSuchMethod is not available in this version")
+    assert odd.resolve()[0] is None and "'nope'" in odd.resolve()[1]
+    with pytest.raises(TdakitError, match="install is broken"):
+        _entry("Required", "NoSuchMethod").resolve()
+    tiny = {**TINY, "epochs": 1, "n_train": 50, "n_checkpoints": 1}
+    path = run_demo(tmp_path, **tiny, methods=[METHODS[0], ghost, odd])
+    out = capsys.readouterr().out
+    assert "skipping Ghost: tdakit.NoSuchMethod is not available" in out
+    assert "skipping Odd solver" in out
+    html = path.read_text(encoding="utf-8")
+    assert "skipped: tdakit.NoSuchMethod is not available in this version" in html
+    assert list(torch.load(tmp_path / "scores.pt")["scores"]) == [METHODS[0].name]
+
+
+def test_method_errors_are_not_swallowed_and_nothing_is_written(tmp_path):
+    def explode(cls, ctx):
+        raise RuntimeError("factory bug")
+
+    boom = MethodEntry("Boom", "GradDot", explode, "raises", optional=True)
+    tiny = {**TINY, "epochs": 1, "n_train": 50, "n_checkpoints": 1}
+    with pytest.raises(RuntimeError, match="factory bug"):
+        run_demo(tmp_path / "out", **tiny, methods=[boom])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_output_path_and_options(tmp_path):
+    target = tmp_path / "a_file"
+    target.write_text("keep me")
+    with pytest.raises(TdakitError, match="not a directory"):
+        run_demo(target, progress=False)
+    assert target.read_text() == "keep me"
+    with pytest.raises(TdakitError, match="n_train"):
+        run_demo(tmp_path / "x", progress=False, n_train=5)
+    with pytest.raises(TdakitError, match="n_checkpoints"):
+        run_demo(tmp_path / "x", progress=False, epochs=2, n_checkpoints=3)
