@@ -16,6 +16,7 @@ from tdakit.methods import (
     InfluenceFunction,
     RandomBaseline,
     RepresentationSimilarity,
+    RepresenterPoints,
     TracIn,
 )
 from tdakit.task import Task
@@ -31,6 +32,7 @@ __all__ = [
     "Projector",
     "RandomBaseline",
     "RepresentationSimilarity",
+    "RepresenterPoints",
     "Task",
     "TdakitError",
     "TracIn",

@@ -286,17 +286,21 @@ def _inverse_parts(layer: KFACLayer, damping: float, dtype, device):
     return layer._cache[key]
 
 
-def _loss_hessian_roots(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``L_i`` ``[B, K, K]`` with ``L_i L_i^T`` the output-space loss Hessian (PSD part),
-    in float64; ``K`` is the number of model outputs per example."""
+def output_hessians(loss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example Hessians ``[B, K, K]`` (float64) of ``loss(outputs, targets) -> [B]``
+    with respect to the ``K`` flattened model outputs of each example."""
     shape = out.shape[1:]
 
     def single(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return task._loss(o.reshape(1, *shape), t.unsqueeze(0))[0]
+        return loss(o.reshape(1, *shape), t.unsqueeze(0))[0]
 
-    flat = out.reshape(len(out), -1).to(torch.float64)
-    H = vmap(hessian(single))(flat, y)
-    w, V = torch.linalg.eigh(0.5 * (H + H.transpose(1, 2)))
+    H = vmap(hessian(single))(out.reshape(len(out), -1).to(torch.float64), y)
+    return 0.5 * (H + H.transpose(1, 2))
+
+
+def _loss_hessian_roots(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``L_i`` ``[B, K, K]`` with ``L_i L_i^T`` the output-space loss Hessian (PSD part)."""
+    w, V = torch.linalg.eigh(output_hessians(task._loss, out, y))
     return (V * w.clamp_min(0.0).sqrt().unsqueeze(1)).to(out.dtype)
 
 

@@ -5,6 +5,7 @@ from tdakit.methods.gradient import GradCos, GradDot, TracIn
 from tdakit.methods.influence import InfluenceFunction
 from tdakit.methods.random import RandomBaseline
 from tdakit.methods.representation import RepresentationSimilarity
+from tdakit.methods.representer import RepresenterPoints
 from tdakit.methods.trak import TRAK
 
 __all__ = [
@@ -16,5 +17,6 @@ __all__ = [
     "InfluenceFunction",
     "RandomBaseline",
     "RepresentationSimilarity",
+    "RepresenterPoints",
     "TracIn",
 ]
