@@ -345,6 +345,11 @@ def run_demo(
     dev = torch.device(device) if device is not None else torch.device("cpu")
 
     split = load_digits(seed=seed)
+    require(
+        isinstance(n_queries, int) and 1 <= n_queries <= len(split.y_test),
+        f"n_queries must be between 1 and the {len(split.y_test)} test examples, "
+        f"got {n_queries!r}.",
+    )
     X, y = split.X_train, split.y_train
     if n_train is not None:
         require(
