@@ -37,6 +37,13 @@ def fail_on(seed: int, bad: int) -> int:
     return seed * 10
 
 
+def interrupt_at(seed: int, bad: int, log_dir: str) -> int:
+    if seed == bad:
+        raise KeyboardInterrupt
+    Path(log_dir, f"ran-{seed}-{os.getpid()}").touch()
+    return seed
+
+
 def _runs(log_dir: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1]) for p in log_dir.iterdir())
 
@@ -109,6 +116,21 @@ def test_failing_job_is_named_and_others_are_kept(tmp_path):
     assert info.value.results == [0, 10, None, 30]
     ok = [Job(fail_on, (s, 99), name=f"seed-{s}") for s in range(4)]
     assert run_jobs(ok, backend="serial", progress=False) == [0, 10, 20, 30]
+
+
+def test_interrupt_stops_the_queue_and_keeps_finished_results(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    jobs = [Job(interrupt_at, (s, 1, str(logs))) for s in range(12)]
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, backend="local", workers=1, cache_dir=tmp_path / "c", progress=False)
+    ran = _runs(logs)
+    assert 0 in ran and len(ran) < 6  # queued jobs were cancelled, not run to the end
+    cached = len(list((tmp_path / "c").rglob("*.pt")))
+    assert cached >= 1  # job 0 finished before the interrupt and stays cached
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, backend="serial", cache_dir=tmp_path / "c", progress=False)
+    assert len(list((tmp_path / "c").rglob("*.pt"))) == cached  # nothing lost
 
 
 def test_corrupt_cache_entry_is_reported(tmp_path):

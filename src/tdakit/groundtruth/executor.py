@@ -322,9 +322,10 @@ def _run_local(jobs, pending, workers, done, failed) -> None:
     for _, _, s in split.values():
         shared.update(s)
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(shared,)
-    ) as pool:
+    )
+    try:
         futures = {pool.submit(_execute, jobs[i].fn, split[i][0], split[i][1]): i for i in pending}
         remaining = set(futures)
         while remaining:
@@ -336,6 +337,10 @@ def _run_local(jobs, pending, workers, done, failed) -> None:
                     failed(futures[fut], err)
                 else:
                     done(futures[fut], result)
+    except BaseException:  # e.g. Ctrl-C: drop the queue, keep what is cached
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _import_ray():
@@ -366,15 +371,20 @@ def _run_ray(jobs, pending, workers, address, done, failed) -> None:
                     refs[key] = ray.put(value)
         tasks = {remote.remote(jobs[i].fn, split[i][0], split[i][1], [refs]): i for i in pending}
         remaining = list(tasks)
-        while remaining:
-            finished, remaining = ray.wait(remaining, num_returns=1)
-            for ref in finished:
-                try:
-                    result = ray.get(ref)
-                except Exception as err:
-                    failed(tasks[ref], err)
-                else:
-                    done(tasks[ref], result)
+        try:
+            while remaining:
+                finished, remaining = ray.wait(remaining, num_returns=1)
+                for ref in finished:
+                    try:
+                        result = ray.get(ref)
+                    except Exception as err:
+                        failed(tasks[ref], err)
+                    else:
+                        done(tasks[ref], result)
+        except BaseException:  # e.g. Ctrl-C: cancel what is still queued or running
+            for ref in remaining:
+                ray.cancel(ref)
+            raise
     finally:
         if started:
             ray.shutdown()
