@@ -36,6 +36,7 @@ RECIPE = TrainingRecipe("mlp", model_kwargs={"hidden": (8,)}, lr=0.1, epochs=2, 
 def test_recipe_is_picklable_and_keyed_by_config():
     again = pickle.loads(pickle.dumps(RECIPE))
     assert again == RECIPE and again.config() == RECIPE.config()
+    assert hash(again) == hash(RECIPE) and len({RECIPE, again, RECIPE.replace(lr=1.0)}) == 2
     assert RECIPE.replace(lr=0.2).config() != RECIPE.config()
     factory = TrainingRecipe(functools.partial(_linear_factory, d=3))
     assert pickle.loads(pickle.dumps(factory)).config() == factory.config()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import pickle
 from collections.abc import Callable, Mapping, Sequence
@@ -149,6 +150,9 @@ class TrainingRecipe:
         if self.in_shape is not None:
             object.__setattr__(self, "in_shape", tuple(int(s) for s in self.in_shape))
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
+
+    def __hash__(self) -> int:
+        return hash(json.dumps(self.config(), sort_keys=True, default=str))
 
     # --- description -----------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
