@@ -56,10 +56,14 @@ def check_finite_result(out: torch.Tensor, solver: str) -> torch.Tensor:
     return out
 
 
+LABELS = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
+
+
 def not_positive_definite(
     kind: str, damping: float, min_eig: float | None = None, where: str = ""
 ) -> str:
     """The error message for an indefinite or singular damped curvature."""
+    kind = LABELS.get(kind, kind)
     if min_eig is None:
         return (
             f"The damped {kind} ({kind} + λI, λ={damping:.3g}) is not positive definite"

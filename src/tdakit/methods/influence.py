@@ -26,7 +26,13 @@ from tdakit.curvature.operators import (
     layer_slices,
     mean_sq_by_layer,
 )
-from tdakit.curvature.solvers import DataInfSolver, ExactSolver, InverseCurvature, check_damping
+from tdakit.curvature.solvers import (
+    LABELS,
+    DataInfSolver,
+    ExactSolver,
+    InverseCurvature,
+    check_damping,
+)
 from tdakit.errors import TdakitError, require
 from tdakit.features.projection import Projector
 from tdakit.methods.gradient import GradDot
@@ -283,9 +289,8 @@ class InfluenceFunction(GradDot):
         return CurvatureOperator(self.task, X, y, kind, batch_size=self.batch_size)
 
     def _label(self) -> str:
-        names = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
         prefix = "projected " if self.solver == "projected" else ""
-        return prefix + names[self.curvature]
+        return prefix + LABELS[self.curvature]
 
     def _resolve_damping(
         self,
