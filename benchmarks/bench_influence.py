@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 import tdakit as tda
 from tdakit.data import load_digits
+from tdakit.features.store import _atomic_write
 from tdakit.models import MLP
 from tdakit.train import train_model
 
@@ -135,10 +135,8 @@ def main() -> None:
     ]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write("\n".join(lines))
-    os.replace(tmp, out)
+    text = "\n".join(lines).encode()
+    _atomic_write(out, lambda fh: fh.write(text))  # temp file + rename: never half-written
     print(f"wrote {out}")
 
 
