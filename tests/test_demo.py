@@ -123,3 +123,16 @@ def test_bad_output_path_and_options(tmp_path):
         run_demo(tmp_path / "x", progress=False, n_train=5)
     with pytest.raises(TdakitError, match="n_checkpoints"):
         run_demo(tmp_path / "x", progress=False, epochs=2, n_checkpoints=3)
+
+
+def test_same_seed_same_scores(tmp_path):
+    chosen = [e for e in METHODS if e.name in ("GradDot", "TracIn", "RandomBaseline")]
+    tiny = {**TINY, "epochs": 1, "n_train": 60, "n_checkpoints": 1, "methods": chosen}
+    runs = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        run_demo(tmp_path / name, **{**tiny, "seed": seed})
+        runs.append(torch.load(tmp_path / name / "scores.pt"))
+    assert list(runs[0]["scores"]) == [e.name for e in chosen]
+    for key, S in runs[0]["scores"].items():
+        assert torch.equal(S, runs[1]["scores"][key])
+        assert not torch.equal(S, runs[2]["scores"][key])

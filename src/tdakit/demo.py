@@ -97,7 +97,7 @@ METHODS: list[MethodEntry] = [
     ),
     MethodEntry(
         "Influence (exact GGN)", "InfluenceFunction", _influence("exact", curvature="ggn"),
-        "(1/N) g_q^T (G + λI)^-1 g_i, exact Gauss-Newton matrix, λ=0.01", optional=True,
+        "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01", optional=True,
         option=("SOLVERS", "exact"),
     ),
     MethodEntry(
@@ -119,7 +119,7 @@ METHODS: list[MethodEntry] = [
     MethodEntry(
         "RepresenterPoints", "RepresenterPoints",
         lambda cls, c: cls(c.task, progress=c.progress),
-        "α_i · h_i^T h_q from an L2-regularised refit of the last layer", optional=True,
+        "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer", optional=True,
     ),
     MethodEntry(
         "RepresentationSimilarity", "RepresentationSimilarity",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html as _html
 import math
 import numbers
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,7 +38,7 @@ section{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:14px 
 section h2{margin:2px 0 10px;font-size:1.25em}
 table.data{border-collapse:collapse;font-size:.9em;margin:8px 0}
 table.data th,table.data td{border:1px solid #dde1e7;padding:4px 9px;text-align:left}
-table.data th{background:#eef1f5;overflow-wrap:anywhere;vertical-align:bottom}
+table.data th{background:#eef1f5;vertical-align:bottom}
 div.scroll{overflow-x:auto;max-width:100%}
 table.data td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:10px 0}
@@ -83,6 +84,11 @@ def format_value(value: object) -> str:
     if math.isnan(v):
         return "–"
     return f"{v:.4g}"
+
+
+def _breakable(text: object) -> str:
+    """Escaped text with optional line breaks inside CamelCase words (narrow table headers)."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "<wbr>", escape(text))
 
 
 def _is_number(value: object) -> bool:
@@ -136,7 +142,7 @@ class Report:
                 f"Table row {r} has {len(row)} cells but the header has {len(header)}; "
                 "give every row one cell per column.",
             )
-        head = "".join(f"<th>{escape(h)}</th>" for h in header)
+        head = "".join(f"<th>{_breakable(h)}</th>" for h in header)
         body = "".join(
             "<tr>"
             + "".join(
