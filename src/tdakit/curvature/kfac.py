@@ -152,9 +152,13 @@ class KFAC:
         for _, _, a, gs in self._passes(X, y, "EK-FAC eigenvalues"):
             for layer in self.layers:
                 acts = a[layer.name] @ layer.QA
-                for g in gs:
-                    grot = g[layer.name] @ layer.QG
-                    sums[layer.name] += _sum_sq_rotated_grads(grot, acts)
+                grots = [g[layer.name] @ layer.QG for g in gs]
+                if acts.shape[1] == 1:  # one position: (g a^T)^2 = g^2 (a^2)^T, sum over c first
+                    g2 = sum(gr[:, 0].pow(2) for gr in grots)
+                    sums[layer.name] += g2.T @ acts[:, 0].pow(2)
+                else:
+                    for grot in grots:
+                        sums[layer.name] += _sum_sq_rotated_grads(grot, acts)
         for layer in self.layers:
             layer.eigenvalues = sums[layer.name] / len(X)
             layer._cache.clear()
@@ -200,22 +204,18 @@ class KFAC:
         roots = _loss_hessian_roots(self.task, out.detach(), yb)
         targets = [outputs[layer.name][0] for layer in self.layers]
         acts = {layer.name: _layer_inputs(layer, inputs[layer.name][0]) for layer in self.layers}
-        grads = []
-        K = roots.shape[2]
-        for c in range(K):
-            gs = torch.autograd.grad(
-                out,
-                targets,
-                grad_outputs=roots[:, :, c].reshape(out.shape),
-                retain_graph=c < K - 1,
-                allow_unused=True,
-            )
-            grads.append(
-                {
-                    layer.name: _layer_grads(layer, g, t)
-                    for layer, g, t in zip(self.layers, gs, targets, strict=True)
-                }
-            )
+        # all K columns in one vmapped backward pass
+        cols = roots.permute(2, 0, 1).reshape(roots.shape[2], *out.shape)
+        gs = torch.autograd.grad(
+            out, targets, grad_outputs=cols, is_grads_batched=True, allow_unused=True
+        )
+        grads = [
+            {
+                layer.name: _layer_grads(layer, None if g is None else g[c], t)
+                for layer, g, t in zip(self.layers, gs, targets, strict=True)
+            }
+            for c in range(len(cols))
+        ]
         return acts, grads
 
     # --- applying ------------------------------------------------------------------------
