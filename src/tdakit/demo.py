@@ -321,7 +321,7 @@ def run_demo(
             "model": f"MLP 64-{'-'.join(map(str, hidden))}-10 (ReLU)",
             "parameters": ctx.task.num_params,
             "training": f"SGD lr=0.05 momentum=0.9, batch 64, {epochs} epochs",
-            "TracIn checkpoints": "after epochs " + ", ".join(map(str, ck_epochs)),
+            "checkpoints (TracIn, TRAK)": "after epochs " + ", ".join(map(str, ck_epochs)),
             "seed": seed,
             "device": str(dev),
         },
