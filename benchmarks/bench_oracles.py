@@ -36,13 +36,25 @@ from tdakit.groundtruth import (
 )
 
 DIGITS = TrainingRecipe(
-    "mlp", model_kwargs={"hidden": (32,)}, lr=0.05, momentum=0.9, weight_decay=1e-3,
-    epochs=15, batch_size=64, checkpoint_every=3,
-)  # fmt: skip
+    "mlp",
+    model_kwargs={"hidden": (32,)},
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=1e-3,
+    epochs=15,
+    batch_size=64,
+    checkpoint_every=3,
+)
 FASHION = TrainingRecipe(
-    "mlp", model_kwargs={"hidden": (64,)}, lr=0.05, momentum=0.9, weight_decay=1e-3,
-    epochs=10, batch_size=64, checkpoint_every=2,
-)  # fmt: skip
+    "mlp",
+    model_kwargs={"hidden": (64,)},
+    lr=0.05,
+    momentum=0.9,
+    weight_decay=1e-3,
+    epochs=10,
+    batch_size=64,
+    checkpoint_every=2,
+)
 
 
 def timing(split, k: int, m: int, ray: bool) -> list[str]:
@@ -51,11 +63,15 @@ def timing(split, k: int, m: int, ray: bool) -> list[str]:
     rows = []
     setups = [("local", 1), ("local", 2)] + ([("ray", 2)] if ray else [])
     for name, run in (
-        (f"LOO, {k} removals + full run", lambda ex: leave_one_out(
-            DIGITS, train, queries, removed=removed, executor=ex)),
-        (f"subsets, M={m}, alpha=0.5", lambda ex: subset_retraining(
-            DIGITS, train, queries, n_subsets=m, executor=ex)),
-    ):  # fmt: skip
+        (
+            f"LOO, {k} removals + full run",
+            lambda ex: leave_one_out(DIGITS, train, queries, removed=removed, executor=ex),
+        ),
+        (
+            f"subsets, M={m}, alpha=0.5",
+            lambda ex: subset_retraining(DIGITS, train, queries, n_subsets=m, executor=ex),
+        ),
+    ):
         times = {}
         for backend, workers in setups:
             t0 = time.perf_counter()
@@ -130,8 +146,17 @@ def quality(name, split, recipe, n_query, k, m, n_models, executor) -> tuple[lis
             f"| {name} | {label} | {lds.value:.3f} [{lds.ci[0]:.3f}, {lds.ci[1]:.3f}] | "
             f"{corr.value:.3f} (Spearman {corr.details['spearman']:.3f}) | {t_m:.1f} |"
         )
-    info = {"accuracy": acc, "n_train": n, "n_query": n_query, "K": k, "M": m, "t_gt": t_gt,
-            "params": task.num_params, "scores": scores, "task": task}  # fmt: skip
+    info = {
+        "accuracy": acc,
+        "n_train": n,
+        "n_query": n_query,
+        "K": k,
+        "M": m,
+        "t_gt": t_gt,
+        "params": task.num_params,
+        "scores": scores,
+        "task": task,
+    }
     return rows, info
 
 
@@ -142,18 +167,30 @@ def further_rows(split, info, k: int, seeds: int, ts: list[int], executor) -> li
     model = info["task"].model
     removed = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(2))[:k]
     rows = []
-    for mechanism in ("drop", "downweight"):
-        gold = further_training(DIGITS, model, train, queries, removed=removed, t=ts,
-                                unit="epoch", mechanism=mechanism, seeds=seeds, lr_scale=0.1,
-                                executor=executor)  # fmt: skip
+    for mechanism, centre in (("drop", False), ("drop", True), ("downweight", False)):
+        gold = further_training(
+            DIGITS,
+            model,
+            train,
+            queries,
+            removed=removed,
+            t=ts,
+            unit="epoch",
+            mechanism=mechanism,
+            seeds=seeds,
+            lr_scale=0.1,
+            centre=centre,
+            executor=executor,
+        )
         for label, S in info["scores"].items():
             if not label.startswith(("Grad-Dot", "Grad-Cos", "Influence")):
                 continue
             agree = metrics.further_training_agreement(S[:, removed], gold.scores, t=ts)
             cos = " | ".join(f"{float(c):.2f}" for c in agree.details["cosine"])
             spear = " | ".join(f"{float(c):.2f}" for c in agree.details["spearman"])
-            rows.append(f"| {mechanism} | {label} | cosine | {cos} |")
-            rows.append(f"| {mechanism} | {label} | Spearman | {spear} |")
+            name = mechanism + (", centred" if centre else "")
+            rows.append(f"| {name} | {label} | cosine | {cos} |")
+            rows.append(f"| {name} | {label} | Spearman | {spear} |")
     return rows
 
 
@@ -169,14 +206,17 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
-            f"{platform.python_version()}, load average at start {load:.1f}")  # fmt: skip
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python "
+        f"{platform.python_version()}, load average at start {load:.1f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     parser.add_argument("--ray", action="store_true", help="also time the Ray backend")
+    parser.add_argument("--timing-only", action="store_true", help="only the wall-time table")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/tdakit-bench-oracles"))
     args = parser.parse_args()
@@ -185,24 +225,58 @@ def main() -> None:
     start = time.perf_counter()
     executor = Executor(backend="local", workers=2, cache_dir=args.cache, progress=True)
     digits = load_digits(test_size=0.25, seed=0)
-    lines = [f"Machine: {machine()}", "", "Command: `.venv/bin/python benchmarks/bench_oracles.py"
-             + (" --quick" if q else "") + (" --ray" if args.ray else "") + "`", ""]  # fmt: skip
+    lines = [
+        f"Machine: {machine()}",
+        "",
+        "Command: `.venv/bin/python benchmarks/bench_oracles.py"
+        + (" --quick" if q else "")
+        + (" --ray" if args.ray else "")
+        + "`",
+        "",
+        "Timing runs without a cache; quality sections reuse the cache in --cache.",
+    ]
 
     print("timing ...", file=sys.stderr)
-    lines += ["## Wall time of the oracles (digits MLP 64-32-10, 15 epochs, no cache)", "",
-              "| oracle | 1 worker (s) | 2 workers (s) | ratio" + (" | Ray, 2 CPUs (s)" if args.ray
-              else "") + " |", "|---|---|---|---" + ("|---" if args.ray else "") + "|"]  # fmt: skip
+    lines += [
+        "## Wall time of the oracles (digits MLP 64-32-10, 15 epochs, no cache)",
+        "",
+        "| oracle | 1 worker (s) | 2 workers (s) | ratio"
+        + (" | Ray, 2 CPUs (s)" if args.ray else "")
+        + " |",
+        "|---|---|---|---" + ("|---" if args.ray else "") + "|",
+    ]
     lines += timing(digits, 6 if q else 24, 6 if q else 24, args.ray)
+    if args.timing_only:
+        print("\n".join(lines))
+        return
 
     print("quality: digits ...", file=sys.stderr)
-    header = ["| data | method | LDS [95% CI] | LOO Pearson | method time (s) |",
-              "|---|---|---|---|---|"]  # fmt: skip
-    rows_d, info_d = quality("digits", digits, DIGITS, 20 if q else 50, 20 if q else 100,
-                             10 if q else 50, 2 if q else 5, executor)  # fmt: skip
+    header = [
+        "| data | method | LDS [95% CI] | LOO Pearson | method time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    rows_d, info_d = quality(
+        "digits",
+        digits,
+        DIGITS,
+        20 if q else 50,
+        20 if q else 100,
+        10 if q else 50,
+        2 if q else 5,
+        executor,
+    )
     print("quality: fashion-mnist ...", file=sys.stderr)
     fashion = load_fashion_mnist(n_train=300 if q else 2000, n_test=100 if q else 500, seed=0)
-    rows_f, info_f = quality("fashion-mnist", fashion, FASHION, 20 if q else 50, 20 if q else 60,
-                             10 if q else 50, 2 if q else 5, executor)  # fmt: skip
+    rows_f, info_f = quality(
+        "fashion-mnist",
+        fashion,
+        FASHION,
+        20 if q else 50,
+        20 if q else 60,
+        10 if q else 50,
+        2 if q else 5,
+        executor,
+    )
     lines += ["", "## LDS and LOO correlation", ""]
     for info, label in ((info_d, "digits"), (info_f, "fashion-mnist")):
         lines.append(
@@ -216,10 +290,14 @@ def main() -> None:
     print("further training ...", file=sys.stderr)
     ts = [1, 2] if q else [1, 2, 4, 8]
     k, seeds = (10, 2) if q else (50, 5)
-    lines += ["", f"## Further-training agreement (digits MLP; K = {k} left-out examples, "
-              f"{seeds} seeds, lr = 0.1 x the original, t in epochs)", "",
-              "| mechanism | method | statistic | " + " | ".join(f"t={t}" for t in ts) + " |",
-              "|---|---|---|" + "---|" * len(ts)]  # fmt: skip
+    lines += [
+        "",
+        f"## Further-training agreement (digits MLP; K = {k} left-out examples, "
+        f"{seeds} seeds, lr = 0.1 x the original, t in epochs)",
+        "",
+        "| mechanism | method | statistic | " + " | ".join(f"t={t}" for t in ts) + " |",
+        "|---|---|---|" + "---|" * len(ts),
+    ]
     lines += further_rows(digits, info_d, k, seeds, ts, executor)
     lines += ["", f"Total wall time: {time.perf_counter() - start:.0f} s."]
     text = "\n".join(lines) + "\n"
