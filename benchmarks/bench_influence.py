@@ -23,7 +23,7 @@ import torch
 
 import tdakit as tda
 from tdakit.data import load_digits
-from tdakit.features.store import _atomic_write
+from tdakit.fileio import atomic_write
 from tdakit.models import MLP
 from tdakit.train import train_model
 
@@ -136,7 +136,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = "\n".join(lines).encode()
-    _atomic_write(out, lambda fh: fh.write(text))  # temp file + rename: never half-written
+    atomic_write(out, lambda fh: fh.write(text))  # temp file + rename: never half-written
     print(f"wrote {out}")
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from tdakit import fileio
 from tdakit.errors import TdakitError
-from tdakit.features import store as store_module
 from tdakit.features.store import FeatureStore, cache_key
 
 N, DIM, CHUNK = 10, 3, 4  # 3 chunks: [0, 4), [4, 8), [8, 10)
@@ -115,7 +115,7 @@ def test_simulated_kill_mid_write(tmp_path: Path) -> None:
     (path / "chunk_000001.json").unlink()  # killed between .npy and its record
     npy2 = path / "chunk_000002.npy"
     npy2.write_bytes(npy2.read_bytes()[:-5])  # truncated .npy under a valid record
-    host = store_module._HOST
+    host = fileio._HOST
     stale = path / f".tmp.{host}.{dead_pid()}.0123abcd.chunk_000000.npy"
     live = path / f".tmp.{host}.{os.getpid()}.0123abcd.chunk_000000.npy"
     remote = path / f".tmp.{'f' * 8}.{dead_pid()}.0123abcd.chunk_000000.npy"

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 import tdakit
 from tdakit.data import DataSplit
 from tdakit.errors import TdakitError, require
-from tdakit.features.store import _atomic_write
+from tdakit.fileio import atomic_write
 from tdakit.methods.base import AttributionMethod
 from tdakit.task import Task
 
@@ -348,7 +348,7 @@ def run_demo(
         "seconds": {r.name: (r.fit_seconds, r.score_seconds) for r in done},
         "skipped": {r.name: r.skipped for r in runs if r.skipped},
     }
-    _atomic_write(out / "scores.pt", lambda f: torch.save(payload, f))
+    atomic_write(out / "scores.pt", lambda f: torch.save(payload, f))
     path = report.write(out / "report.html")
     print(f"tdakit demo: {len(done)} methods, {len(query_idx)} queries, "
           f"{result.seconds:.1f} s. Report: {path.resolve()}")  # fmt: skip

@@ -16,9 +16,6 @@ import hashlib
 import json
 import os
 import re
-import socket
-import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -26,6 +23,15 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from tdakit.errors import TdakitError, require
+from tdakit.fileio import (
+    TMP_RE,
+    HashingWriter,
+    atomic_write,
+    cache_key,
+    canonical_json,
+    file_sha256,
+    remove_stale_temps,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -38,106 +44,9 @@ _MANIFEST = "manifest.json"
 _DTYPES = ("float16", "float32", "float64")
 _INT_KEYS = ("n_rows", "dim", "chunk_rows")
 _HEADER_KEYS = (*_INT_KEYS, "dtype")
-_STALE_SECONDS = 24 * 3600  # temp files of other hosts older than this are removed
-_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_TMP_RE = re.compile(r"^\.tmp\.(?P<host>[0-9a-f]{8})\.(?P<pid>\d+)\.[0-9a-f]{8}\..+$")
 _CHUNK_RE = re.compile(r"^chunk_\d{6,}\.(npy|json)$")
 
 PathLike = str | os.PathLike
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.generic, np.ndarray)):
-        return o.tolist()
-    if isinstance(o, Path) or (
-        type(o).__module__ == "torch" and type(o).__name__ in ("dtype", "device")
-    ):
-        return str(o)
-    raise TypeError(f"{type(o).__name__} is not JSON-serialisable")
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(
-        obj, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default
-    )
-
-
-def cache_key(**parts: Any) -> str:
-    """Short stable hex digest (16 chars of sha256 over canonical JSON) of ``parts``.
-
-    Use it to name content-keyed cache directories, e.g.
-    ``root / cache_key(model=model_fp, data=data_fp, proj="rademacher", seed=0, dim=512)``.
-    """
-    try:
-        text = _canonical(parts)
-    except (TypeError, ValueError) as exc:
-        raise TdakitError(
-            f"cache_key parts must be JSON-serialisable (str, numbers, lists, dicts; no NaN): "
-            f"{exc}; convert the offending value to a string or number first"
-        ) from exc
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not possible on every platform; best effort
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], Any], exclusive: bool = False) -> bool:
-    """Write via temp file + fsync + rename; ``exclusive`` never replaces an existing file.
-
-    Returns False only when ``exclusive`` and ``target`` already existed.
-    """
-    tmp = target.with_name(f".tmp.{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.{target.name}")
-    try:
-        with open(tmp, "xb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        if not exclusive:
-            os.replace(tmp, target)
-        else:
-            try:
-                os.link(tmp, target)  # atomic create-if-absent
-            except FileExistsError:
-                return False
-            except OSError:  # no hard links on this filesystem
-                if target.exists():
-                    return False
-                os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    _fsync_dir(target.parent)
-    return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. no permission: the process exists
-        pass
-    return True
-
-
-def _remove_stale_temps(directory: Path) -> None:
-    """Delete temp files of crashed writers: dead local processes, or older than a day."""
-    for entry in directory.glob(".tmp.*"):
-        m = _TMP_RE.match(entry.name)
-        if m is None or int(m["pid"]) == os.getpid():
-            continue
-        local = m["host"] == _HOST and os.name == "posix"
-        with contextlib.suppress(OSError):
-            if (local and not _alive(int(m["pid"]))) or (
-                time.time() - entry.stat().st_mtime > _STALE_SECONDS
-            ):
-                entry.unlink()
 
 
 def _diff(cached: Any, requested: Any, prefix: str) -> list[str]:
@@ -157,32 +66,12 @@ def _clear_dir(directory: Path) -> None:
     if not directory.is_dir():
         return
     names = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: p.suffix)
-    ours = [p for p in names if _CHUNK_RE.match(p.name) or _TMP_RE.match(p.name)]
+    ours = [p for p in names if _CHUNK_RE.match(p.name) or TMP_RE.match(p.name)]
     for p in [*ours, directory / _MANIFEST]:  # .json records sort before .npy
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     with contextlib.suppress(OSError):
         directory.rmdir()  # only succeeds when nothing but our files were there
-
-
-class _HashingWriter:
-    """File-like wrapper hashing and counting what is written through it."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f, self.sha, self.nbytes = f, hashlib.sha256(), 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.nbytes += memoryview(data).nbytes
-        return self.f.write(data)
-
-
-def _file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(functools.partial(f.read, 1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 class _HybridMethod(classmethod):
@@ -202,7 +91,7 @@ class FeatureStore:
         self.dtype = np.dtype(manifest["dtype"])
         self.chunk_rows: int = manifest["chunk_rows"]
         self.meta: dict[str, Any] = manifest["meta"]
-        self.key = hashlib.sha256(_canonical(manifest).encode()).hexdigest()
+        self.key = hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
         self._cleared = False
 
     # ----------------------------------------------------------------- construction
@@ -229,7 +118,7 @@ class FeatureStore:
         meta = {} if meta is None else meta
         require(isinstance(meta, dict), f"FeatureStore.open: meta must be a dict, got {type(meta)}")
         try:
-            meta = json.loads(_canonical(meta))
+            meta = json.loads(canonical_json(meta))
         except (TypeError, ValueError) as exc:
             raise TdakitError(
                 f"FeatureStore.open: meta must be JSON-serialisable (no NaN): {exc}; "
@@ -249,9 +138,9 @@ class FeatureStore:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise TdakitError(f"cannot create feature store directory {directory}: {exc}") from exc
-        _remove_stale_temps(directory)
+        remove_stale_temps(directory)
         data = json.dumps(manifest, sort_keys=True, indent=1).encode()
-        if not _atomic_write(directory / _MANIFEST, lambda f: f.write(data), exclusive=True):
+        if not atomic_write(directory / _MANIFEST, lambda f: f.write(data), exclusive=True):
             old = cls._read_manifest(directory)
             diffs = [d for k in (*_HEADER_KEYS, "meta") for d in _diff(old[k], manifest[k], k)]
             require(
@@ -273,7 +162,7 @@ class FeatureStore:
             "FeatureStore.open(path, n_rows, dim, ...) and fill it first",
         )
         manifest = cls._read_manifest(directory)
-        _remove_stale_temps(directory)
+        remove_stale_temps(directory)
         return cls(directory, manifest)
 
     @staticmethod
@@ -378,7 +267,7 @@ class FeatureStore:
             return False
         if rec is None or size != rec.get("nbytes"):
             return False
-        return not check or _file_sha256(self._npy(j)) == rec.get("sha256")
+        return not check or file_sha256(self._npy(j)) == rec.get("sha256")
 
     def missing_chunks(self, shard: tuple[int, int] | None = None) -> list[int]:
         """Ids of incomplete chunks, restricted to ``shard`` (strided, see module doc)."""
@@ -432,13 +321,13 @@ class FeatureStore:
             "model weights (or overflow when storing as float16)",
         )
         self._record(j).unlink(missing_ok=True)  # never leave an old record over new bytes
-        w: list[_HashingWriter] = []
+        w: list[HashingWriter] = []
 
         def write_npy(f: BinaryIO) -> None:
-            w.append(_HashingWriter(f))
+            w.append(HashingWriter(f))
             np.lib.format.write_array(w[0], array, allow_pickle=False)
 
-        _atomic_write(self._npy(j), write_npy)
+        atomic_write(self._npy(j), write_npy)
         rec = {
             "chunk": j,
             "start": start,
@@ -449,7 +338,7 @@ class FeatureStore:
             "nbytes": w[0].nbytes,
             "sha256": w[0].sha.hexdigest(),
         }
-        _atomic_write(self._record(j), lambda f: f.write(json.dumps(rec).encode()))
+        atomic_write(self._record(j), lambda f: f.write(json.dumps(rec).encode()))
 
     def drop_chunk(self, j: int) -> None:
         """Delete chunk ``j`` (record first) so that the next ``fill`` recomputes it."""
@@ -484,7 +373,7 @@ class FeatureStore:
     def _load_chunk(self, j: int, check: bool) -> np.ndarray:
         path, (start, stop) = self._npy(j), self.chunk_range(j)
         fix = f"delete it with store.drop_chunk({j}) or store.clear() and run store.fill(fn)"
-        if check and _file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
+        if check and file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
             raise TdakitError(f"corrupted feature chunk {path}: sha256 mismatch; {fix}")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tdakit.errors import require
-from tdakit.features.store import _atomic_write
+from tdakit.fileio import atomic_write
 from tdakit.report.agreement import agreement_matrix
 from tdakit.report.explain import Ranking, explanation_html
 from tdakit.report.plots import data_uri, figure_png, heatmap_figure
@@ -242,5 +242,5 @@ class Report:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = self.render().encode("utf-8")
-        _atomic_write(path, lambda f: f.write(data))
+        atomic_write(path, lambda f: f.write(data))
         return path
