@@ -66,7 +66,7 @@ def dense_projection(projector, task):
     return projector.project(blocks)
 
 
-def brute_trak(models, projections, X, y, Xq, yq, lam):
+def brute_trak(models, projections, X, y, Xq, yq, lam, relative=False):
     """Python loop of single-example autograd margin gradients, explicit inverse."""
     S = 0
     for model, R in zip(models, projections, strict=True):
@@ -82,7 +82,8 @@ def brute_trak(models, projections, X, y, Xq, yq, lam):
         Phi = torch.stack([g for g, _ in train]) @ R
         one_minus_p = 1 - torch.sigmoid(torch.stack([f for _, f in train]).detach())
         Phq = torch.stack([margin_grad(x, int(t))[0] for x, t in zip(Xq, yq, strict=True)]) @ R
-        K = Phi.T @ Phi + lam * torch.eye(Phi.shape[1], dtype=D)
+        gram = Phi.T @ Phi
+        K = gram + lam * (gram.diagonal().mean() if relative else 1) * torch.eye(len(gram), dtype=D)
         S = S + Phq @ torch.linalg.inv(K) @ Phi.T * one_minus_p[None, :]
     return S / len(models)
 
@@ -93,16 +94,18 @@ def ensemble():
     return X, y, [_train(_model(s), X, y) for s in range(24)]
 
 
-@pytest.mark.parametrize("M", [1, 2])
-def test_equals_brute_force_formula(ensemble, M):
+@pytest.mark.parametrize(("M", "mode"), [(1, "absolute"), (2, "absolute"), (2, "relative")])
+def test_equals_brute_force_formula(ensemble, M, mode):
     X, y, models = ensemble
     Xq, yq = _data(n=5, seed=9)
     task = tda.Task(_model(99))
-    trak = tda.TRAK(task, checkpoints=models[:M], projection=16, damping=0.05, seed=3)
+    trak = tda.TRAK(
+        task, checkpoints=models[:M], projection=16, damping=0.05, damping_mode=mode, seed=3
+    )
     S = trak.fit((X, y)).scores((Xq, yq))
     R = [dense_projection(p, t) for p, t in zip(trak.projectors, trak.tasks, strict=True)]
     assert len({float(r.sum()) for r in R}) == M  # one projection per model
-    want = brute_trak(models[:M], R, X, y, Xq, yq, 0.05)
+    want = brute_trak(models[:M], R, X, y, Xq, yq, 0.05, relative=mode == "relative")
     torch.testing.assert_close(S, want, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(trak.self_scores(), torch.diagonal(trak.scores((X, y))))
     _, val = trak.top_k((Xq, yq), k=3)
@@ -115,7 +118,9 @@ def test_large_damping_limit_is_grad_dot_of_margin(ensemble):
     Xq, yq = _data(n=4, seed=5)
     lam = 1e12
     task = tda.Task(models[0], measurement="margin")
-    S = tda.TRAK(task, checkpoints=[models[0]], projection=None, damping=lam).fit((X, y))
+    S = tda.TRAK(
+        task, checkpoints=[models[0]], projection=None, damping=lam, damping_mode="absolute"
+    ).fit((X, y))
     gd = tda.GradDot(task).fit((X, y)).scores((Xq, yq))
     torch.testing.assert_close(lam * S.scores((Xq, yq)), gd, rtol=1e-7, atol=1e-9 * gd.abs().max())
 
@@ -126,7 +131,7 @@ def test_duplicate_is_top_proponent():
     flipped[:3] = (y[:3] + 1) % 3  # hard examples the model has to memorise
     Xd, yd = torch.cat([X, X[:3]]), torch.cat([flipped, flipped[:3]])
     models = [_train(_model(s, h=16), Xd, yd, steps=200) for s in range(2)]
-    trak = tda.TRAK(tda.Task(models[0]), checkpoints=models, projection=64, damping=1e-3)
+    trak = tda.TRAK(tda.Task(models[0]), checkpoints=models, projection=64)
     idx, val = trak.fit((Xd, yd)).top_k((X[:3], flipped[:3]), k=2)
     for q in range(3):
         assert set(idx[q].tolist()) == {q, 40 + q}
@@ -140,7 +145,7 @@ def test_scores_converge_as_ensemble_grows(ensemble):
     task = tda.Task(models[0])
 
     def scores(ms):
-        return tda.TRAK(task, checkpoints=ms, projection=None, damping=1e-2).fit((X, y))
+        return tda.TRAK(task, checkpoints=ms, projection=None).fit((X, y))
 
     ref = scores(models[8:]).scores((Xq, yq)).flatten()
 
@@ -182,7 +187,9 @@ def test_mse_uses_output_and_residual():
     g = torch.Generator().manual_seed(2)
     X, Y = torch.randn(15, 3, dtype=D, generator=g), torch.randn(15, 1, dtype=D, generator=g)
     task = tda.Task(model, loss="mse")
-    S = tda.TRAK(task, checkpoints=[model], projection=None, damping=0.1).fit((X, Y))
+    S = tda.TRAK(
+        task, checkpoints=[model], projection=None, damping=0.1, damping_mode="absolute"
+    ).fit((X, Y))
     J = torch.stack([
         torch.cat([p.reshape(-1) for p in torch.autograd.grad(model(x[None])[0, 0],
                                                              list(model.parameters()))])
@@ -206,7 +213,9 @@ def test_clear_errors(ensemble):
         tda.TRAK(task, checkpoints=[nn.Linear(4, 3).to(D)])
     with pytest.raises(TdakitError, match="train"):
         tda.TRAK(task, recipe=object())
-    for bad in (-1.0, float("nan"), float("inf"), "0.1", True):
+    with pytest.raises(TdakitError, match="damping_mode"):
+        tda.TRAK(task, checkpoints=models[:1], damping_mode="auto")
+    for bad in (-1.0, float("nan"), float("inf"), "0.1", True, None):
         with pytest.raises(TdakitError, match="damping"):
             tda.TRAK(task, checkpoints=models[:1], damping=bad)
     with pytest.raises(TdakitError, match="n_models"):

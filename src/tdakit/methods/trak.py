@@ -66,8 +66,11 @@ class TRAK(FeatureMethod):
             or ``None`` (exact gradients). With a dimension, model ``m`` gets its own
             projection seeded ``seed * 100003 + m``, so projection noise averages out too.
         projection_kind: ``"rademacher"``, ``"gaussian"`` or ``"sjlt"``.
-        damping: ``lambda >= 0`` added to ``Phi^T Phi`` (the *sum* over train examples, as
-            in the paper), or ``None``: ``1e-3 * trace(Phi^T Phi) / k`` per model.
+        damping: with ``damping_mode="relative"`` (default) the factor ``c`` in
+            ``lambda_m = c * mean diag(Phi_m^T Phi_m)`` (per model; scale-free); with
+            ``"absolute"`` the ``lambda >= 0`` itself, added to ``Phi^T Phi`` (the *sum* over
+            train examples, as in the paper). ``dampings`` holds the values used.
+        damping_mode: ``"relative"`` or ``"absolute"``.
         measurement: ``"margin"`` (TRAK's query function, default) or ``"task"`` (the
             gradient of the task's query measurement, negated so that lower = better).
         seed: seeds the projections and the recipe's models and halves.
@@ -83,7 +86,8 @@ class TRAK(FeatureMethod):
         subset: Literal["full", "half"] = "full",
         projection: Projector | int | None = 512,
         projection_kind: Kind = "rademacher",
-        damping: float | None = None,
+        damping: float = 0.1,
+        damping_mode: Literal["relative", "absolute"] = "relative",
         measurement: Literal["margin", "task"] = "margin",
         seed: int = 0,
         **kw,
@@ -105,15 +109,17 @@ class TRAK(FeatureMethod):
             f"measurement must be 'margin' or 'task', got {measurement!r}.",
         )
         require(
-            damping is None
-            or (
-                isinstance(damping, (int, float))
-                and not isinstance(damping, bool)
-                and math.isfinite(damping)
-                and damping >= 0
-            ),
-            f"damping must be None (automatic) or a finite number >= 0, got {damping!r}.",
+            isinstance(damping, (int, float))
+            and not isinstance(damping, bool)
+            and math.isfinite(damping)
+            and damping >= 0,
+            f"damping must be a finite number >= 0, got {damping!r}.",
         )
+        require(
+            damping_mode in ("relative", "absolute"),
+            f"damping_mode must be 'relative' or 'absolute', got {damping_mode!r}.",
+        )
+        self.damping_mode = damping_mode
         self.damping, self.measurement, self.subset, self.seed = damping, measurement, subset, seed
         self.recipe = recipe
         self.subsets: list[torch.Tensor | None] = []
@@ -218,14 +224,16 @@ class TRAK(FeatureMethod):
         for sl in self._blocks(T):
             phi, w = T[:, sl], T[:, sl.stop]
             gram = phi.T.to(torch.float64) @ phi.to(torch.float64)
-            lam = 1e-3 * float(gram.trace()) / len(gram) if self.damping is None else self.damping
+            lam = self.damping
+            if self.damping_mode == "relative":
+                lam *= float(gram.diagonal().mean())
             eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
             chol, info = torch.linalg.cholesky_ex(gram + lam * eye)
             if int(info) != 0:
                 raise TdakitError(
                     f"Phi^T Phi + {lam:g} I is singular (the {len(gram)} projected gradient "
-                    f"dimensions exceed what {len(phi)} training examples span). Use damping > 0, "
-                    "damping=None (automatic) or a smaller projection."
+                    f"dimensions exceed what {len(phi)} training examples span). Use damping > 0 "
+                    "or a smaller projection."
                 )
             self.dampings.append(lam)
             self._chol.append(chol)
