@@ -45,8 +45,10 @@ def _features(model, X, bias=True):
     return torch.cat([h, torch.ones(len(h), 1, dtype=D)], 1) if bias else h
 
 
-@pytest.mark.parametrize("bias", [True, False])
-def test_decomposition_reproduces_refit_outputs(bias):
+@pytest.mark.parametrize(("bias", "newton"), [(True, "direct"), (False, "direct"), (True, "cg")])
+def test_decomposition_reproduces_refit_outputs(bias, newton, monkeypatch):
+    if newton == "cg":  # the Hessian-free Newton path used for large layers
+        monkeypatch.setattr("tdakit.methods.representer.DIRECT_NEWTON_MAX", 0)
     X, y = _data()
     model = _trained(bias=bias)
     rp = tda.RepresenterPoints(tda.Task(model), l2=1e-3).fit((X, y))

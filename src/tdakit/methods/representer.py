@@ -41,6 +41,8 @@ from tdakit.methods.base import AttributionMethod
 from tdakit.methods.representation import last_linear_name, layer_inputs
 from tdakit.task import Task
 
+DIRECT_NEWTON_MAX = 4096  # refit sizes C*(h+1) solved with an explicit Hessian
+
 
 class Decomposition(NamedTuple):
     """``reconstructed = sum_i alpha_i (h_i . h_q)`` versus the refit layer's outputs."""
@@ -150,24 +152,30 @@ class RepresenterPoints(AttributionMethod):
         self.alpha = -dO / (2 * self.l2 * len(H))
 
     def _newton_polish(self, W: torch.Tensor, H: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """A few Newton-CG steps to float64 stationarity. ``W -> H W^T`` is linear, so the
+        """A few Newton steps to float64 stationarity. ``W -> H W^T`` is linear, so the
         objective's Hessian is ``(1/N) sum_i Lambda_i (x) h_i h_i^T + 2 lambda I`` with
-        ``Lambda_i`` the loss Hessian in output space."""
+        ``Lambda_i`` the loss Hessian in output space: solved directly (Cholesky) when
+        ``W`` has at most ``DIRECT_NEWTON_MAX`` entries, else by conjugate gradients."""
         grad_fn = torch.func.grad(self._objective)
+        g = grad_fn(W, H, y)
         for _ in range(5):
-            g = grad_fn(W, H, y)
             if float(g.abs().max()) <= 0.01 * self.tolerance:
                 break
             lam = output_hessians(self.task._loss, H @ W.T, y)
+            if W.numel() <= DIRECT_NEWTON_MAX:
+                step = _direct_newton_step(lam, H, g, self.l2)
+            else:
 
-            def hvp(V: torch.Tensor, lam: torch.Tensor = lam) -> torch.Tensor:
-                dO = torch.einsum("nab,nb->na", lam, H @ V.T)
-                return dO.T @ H / len(H) + 2 * self.l2 * V
+                def hvp(V: torch.Tensor, lam: torch.Tensor = lam) -> torch.Tensor:
+                    dO = torch.einsum("nab,nb->na", lam, H @ V.T)
+                    return dO.T @ H / len(H) + 2 * self.l2 * V
 
-            trial = W + _conjugate_gradient(hvp, -g, iters=min(1000, g.numel()))
-            if self._objective(trial, H, y) > self._objective(W, H, y):
+                step = _conjugate_gradient(hvp, -g, iters=min(1000, g.numel()))
+            trial = W + step  # near the optimum a full step; kept only if it helps
+            g_trial = grad_fn(trial, H, y)
+            if float(g_trial.abs().max()) >= float(g.abs().max()):
                 break
-            W = trial
+            W, g = trial, g_trial
         return W
 
     def _objective(self, W: torch.Tensor, H: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -225,6 +233,22 @@ class RepresenterPoints(AttributionMethod):
         rec = (Hq @ H.T) @ alpha
         out = Hq @ self.weights.T
         return Decomposition(rec, out, float((rec - out).abs().max()))
+
+
+def _direct_newton_step(
+    lam: torch.Tensor, H: torch.Tensor, g: torch.Tensor, l2: float
+) -> torch.Tensor:
+    """``-(Hessian)^-1 g`` with the explicit ``[C*h, C*h]`` Hessian, accumulated in chunks."""
+    C, h = g.shape
+    hess = torch.zeros(C, h, C, h, dtype=H.dtype, device=H.device)
+    step = max(1, 2**24 // (C * C * h))
+    for s in range(0, len(H), step):
+        Hs = H[s : s + step]
+        hess += torch.einsum("nab,ni,nj->aibj", lam[s : s + step], Hs, Hs)
+    hess = hess.reshape(C * h, C * h) / len(H)
+    hess.diagonal().add_(2 * l2)
+    chol = torch.linalg.cholesky(hess)
+    return -torch.cholesky_solve(g.reshape(-1, 1), chol).reshape(C, h)
 
 
 def _conjugate_gradient(matvec, b: torch.Tensor, iters: int, rtol: float = 1e-13) -> torch.Tensor:
