@@ -304,3 +304,20 @@ def test_float32_model_and_lenet_style_network():
     assert out.dtype == torch.float32 and out.shape == V.shape
     # the damped inverse is positive definite: v^T (F + lambda)^-1 v > 0
     assert bool(((out * V).sum(1) > 0).all())
+
+
+@pytest.mark.parametrize(
+    ("k", "d", "s", "p"), [(3, 1, 1, 1), ((3, 2), (2, 1), (2, 3), 0), (2, 2, 1, "same")]
+)
+def test_conv_patches_match_unfold(k, d, s, p):
+    from tdakit.curvature.kfac import _patches
+
+    conv = nn.Conv2d(2, 3, k, dilation=d, stride=s, padding=p)
+    x = torch.randn(4, 2, 9, 8)
+    xp = nn.functional.pad(x, conv._reversed_padding_repeated_twice)
+    want = nn.functional.unfold(xp, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
+    got = _patches(xp, conv)
+    torch.testing.assert_close(got, want.transpose(1, 2), rtol=0, atol=0)
+    # and the patches reproduce the convolution itself
+    out = got @ conv.weight.reshape(3, -1).T + conv.bias
+    torch.testing.assert_close(out.transpose(1, 2).reshape(conv(x).shape), conv(x))
