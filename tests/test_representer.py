@@ -8,16 +8,9 @@ from torch import nn
 
 import tdakit as tda
 from tdakit.errors import TdakitError
+from test_trak import _one_thread  # noqa: F401  (autouse: tiny models run on one thread)
 
 D = torch.float64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _data(n=60, d=5, seed=0):
