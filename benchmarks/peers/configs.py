@@ -1,0 +1,197 @@
+"""What is compared: per method, tdakit's configuration and each peer's, matched.
+
+Values ``"@lissa_scale"`` and ``"@trak_damping"`` are filled in at run time (the LiSSA
+scale computed once per case; the damping tdakit's TRAK chose, passed to the peers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Peer:
+    lib: str
+    method: str
+    kw: dict = field(default_factory=dict)
+    label: str = ""
+    same_math: bool = True  # False: related but different math (explained in the notes)
+    skip: dict = field(default_factory=dict)  # case -> reason for not running it there
+    case_kw: dict = field(default_factory=dict)  # case -> extra kwargs
+
+
+@dataclass
+class Group:
+    key: str
+    title: str
+    tdakit: dict
+    peers: list[Peer]
+    cases: tuple[str, ...] = ("digits", "fmnist")
+    tdakit_case_kw: dict = field(default_factory=dict)
+    # tdakit variants compared with one named peer (e.g. the peer's own projection matrix)
+    checks: list[tuple[str, dict, str]] = field(default_factory=list)
+
+
+BATCH = {"batch_size": 1000}  # tdakit: as large as the peers' (full-batch) passes
+HESSIAN = {"method": "influence", "curvature": "hessian", **BATCH}
+DATTRI_SLOW_FMNIST = (
+    "skipped on Fashion-MNIST: dattri solves each query separately under vmap with one "
+    "pass over all data per iteration (about 7x tdakit on digits); it would take >20 min here"
+)
+
+GROUPS = [
+    Group(
+        "graddot",
+        "Grad-Dot / TracIn (final checkpoint, all parameters)",
+        {"method": "graddot", **BATCH},
+        [Peer("captum", "tracincp", label="captum TracInCP")],
+    ),
+    Group(
+        "graddot_proj",
+        "Grad-Dot, gradients projected to 512 dims (Gaussian)",
+        {"method": "graddot", "projection": 512, "projection_kind": "gaussian", **BATCH},
+        [Peer("dattri", "tracin", label="dattri TracInAttributor", same_math=False)],
+    ),
+    Group(
+        "graddot_w",
+        "Grad-Dot, last-layer weight only (TracInCPFast)",
+        {"method": "graddot", "params": ["head.weight"], **BATCH},
+        [Peer("captum", "tracincp_fast", label="captum TracInCPFast")],
+    ),
+    Group(
+        "exact_last",
+        "Exact influence, Hessian, last layer (weight + bias, P=650)",
+        {**HESSIAN, "solver": "exact", "params": "last_layer"},
+        [
+            Peer("dattri", "explicit", {"last_layer": True}, "dattri IFAttributorExplicit"),
+            Peer(
+                "captum",
+                "naive",
+                {"last_layer": True, "hessian_inverse_tol": 0.0},
+                "captum NaiveInfluenceFunction",
+            ),
+        ],
+    ),
+    Group(
+        "exact",
+        "Exact influence, Hessian, all parameters (P=4,810)",
+        {**HESSIAN, "solver": "exact"},
+        [
+            Peer(
+                "captum",
+                "naive",
+                {"hessian_inverse_tol": 0.0},
+                "captum NaiveInfluenceFunction",
+            ),
+        ],
+        cases=("digits",),
+    ),
+    Group(
+        "cg",
+        "Influence, conjugate gradient (Hessian, <= 50 iterations)",
+        {**HESSIAN, "solver": "cg", "max_iter": 50, "tol": 1e-6},
+        [
+            Peer(
+                "dattri",
+                "cg",
+                {"max_iter": 50, "mode": "rev-fwd", "test_batch": 10},
+                "dattri IFAttributorCG",
+                skip={"fmnist": DATTRI_SLOW_FMNIST},
+            )
+        ],
+    ),
+    Group(
+        "lissa",
+        "Influence, LiSSA (Hessian, depth 200, minibatch 256, same scale)",
+        {
+            **HESSIAN,
+            "solver": "lissa",
+            "depth": 200,
+            "lissa_batch_size": 256,
+            "scale": "@lissa_scale",
+        },
+        [
+            Peer(
+                "dattri",
+                "lissa",
+                {
+                    "recursion_depth": 200,
+                    "batch_size": 256,
+                    "scale": "@lissa_scale",
+                    "mode": "rev-fwd",
+                    "test_batch": 10,
+                },
+                "dattri IFAttributorLiSSA",
+                skip={"fmnist": DATTRI_SLOW_FMNIST},
+            )
+        ],
+    ),
+    Group(
+        "arnoldi",
+        "Influence, Arnoldi (Hessian, top 50 of a 100-dim Krylov space)",
+        {**HESSIAN, "solver": "arnoldi", "rank": 50, "krylov_dim": 100},
+        [
+            Peer(
+                "dattri", "arnoldi", {"proj_dim": 50, "max_iter": 101}, "dattri IFAttributorArnoldi"
+            ),
+            Peer(
+                "captum",
+                "arnoldi",
+                {
+                    "projection_dim": 50,
+                    "arnoldi_dim": 101,
+                    "arnoldi_tol": 1e-12,
+                    "hessian_inverse_tol": 0.0,
+                },
+                "captum ArnoldiInfluenceFunction",
+            ),
+        ],
+    ),
+    Group(
+        "datainf",
+        "Influence, DataInf (per-layer empirical Fisher)",
+        {"method": "influence", "solver": "datainf", **BATCH},
+        [Peer("dattri", "datainf", label="dattri IFAttributorDataInf")],
+    ),
+    Group(
+        "ekfac",
+        "Influence, EK-FAC (Fisher/GGN)",
+        {"method": "influence", "solver": "ekfac", **BATCH},
+        [
+            Peer("dattri", "ekfac", label="dattri IFAttributorEKFAC"),
+            Peer("kronfluence", "ekfac", label="kronfluence EK-FAC"),
+        ],
+    ),
+    Group(
+        "trak",
+        "TRAK (1 model, 512-dim projection, margin)",
+        {"method": "trak", "projection": 512, **BATCH},
+        [
+            Peer(
+                "traker",
+                "trak",
+                {"proj_dim": 512, "damping": "@trak_damping", "save_matrix": True},
+                "traker TRAKer (BasicProjector)",
+            ),
+            Peer(
+                "dattri",
+                "trak",
+                {"proj_dim": 512, "damping": "@trak_damping"},
+                "dattri TRAKAttributor",
+            ),
+        ],
+        checks=[
+            (
+                "tdakit TRAK with traker's projection matrix",
+                {"projection_matrix": "@traker_matrix", "damping": "@trak_damping"},
+                "traker",
+            )
+        ],
+    ),
+    Group(
+        "representer",
+        "Representer points (last-layer L2 refit, λ=0.003)",
+        {"method": "representer", "l2": 0.003, **BATCH},
+        [Peer("dattri", "rps", {"l2": 0.003}, "dattri RPSAttributor", same_math=False)],
+    ),
+]

@@ -1,0 +1,172 @@
+"""Markdown report of the peer benchmark (written to docs/benchmarks-peers.md)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from common import CASES  # type: ignore[import-not-found]
+from notes import EXCLUDED, INTRO, NOTES  # type: ignore[import-not-found]
+
+FLOOR_MIB = 1.0  # peaks below this are noise; ratios use at least this
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _fmt_time(res: dict) -> str:
+    return f"{res['seconds']:.2f}" if "seconds" in res else "—"
+
+
+def _fmt_mem(res: dict) -> str:
+    return f"{res['peak_mib']:.0f}" if "peak_mib" in res else "—"
+
+
+def _ratio(a: dict, b: dict, key: str) -> float | None:
+    if key not in a or key not in b:
+        return None
+    floor = FLOOR_MIB if key == "peak_mib" else 1e-9
+    return max(a[key], floor) / max(b[key], floor)
+
+
+def _fastest(rows: list[dict]) -> dict[tuple[str, str], str]:
+    """(case, group) -> label of the fastest successful peer with the same math."""
+    best: dict[tuple[str, str], tuple[float, str]] = {}
+    for r in rows:
+        res = r.get("peer_result", {})
+        if "seconds" in res and r["same_math"]:
+            key = (r["case"], r["group"])
+            if key not in best or res["seconds"] < best[key][0]:
+                best[key] = (res["seconds"], r["peer"])
+    return {k: v[1] for k, v in best.items()}
+
+
+def table(rows: list[dict]) -> list[str]:
+    fastest = _fastest(rows)
+    out = [
+        "| case | method | peer | peer s | tdakit s | time ratio | peer MiB | tdakit MiB "
+        "| mem ratio | Spearman mean (min) | goal |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        if "check" in r:
+            continue
+        mine, res = r["tdakit"], r["peer_result"]
+        star = " ★" if fastest.get((r["case"], r["group"])) == r["peer"] else ""
+        peer = r["peer"] + star + ("" if r["same_math"] else " (related)")
+        if "error" in res or "error" in mine:
+            why = res.get("error") or "tdakit: " + mine["error"]
+            out.append(
+                f"| {r['case']} | {r['title']} | {peer} | — | {_fmt_time(mine)} | — | — "
+                f"| {_fmt_mem(mine)} | — | — | {why} |"
+            )
+            continue
+        tr, mr = _ratio(mine, res, "seconds"), _ratio(mine, res, "peak_mib")
+        mean, low = r.get("spearman", (float("nan"), float("nan")))
+        ok = tr <= 0.5 and mr <= 1.0 and (mean >= 0.99 or not r["same_math"])
+        misses = [
+            m
+            for m, bad in (
+                ("time", tr > 0.5),
+                ("memory", mr > 1.0),
+                ("Spearman", r["same_math"] and mean < 0.99),
+            )
+            if bad
+        ]
+        goal = "met" if ok else "missed: " + ", ".join(misses)
+        out.append(
+            f"| {r['case']} | {r['title']} | {peer} | {_fmt_time(res)} | {_fmt_time(mine)} "
+            f"| {tr:.2f} | {_fmt_mem(res)} | {_fmt_mem(mine)} | {mr:.2f} "
+            f"| {mean:.4f} ({low:.4f}) | {goal} |"
+        )
+    return out
+
+
+def checks(rows: list[dict]) -> list[str]:
+    items = [r["check"] for r in rows if "check" in r]
+    if not items:
+        return []
+    out = [
+        "",
+        "Same-math checks (tdakit run with the peer's own random choices):",
+        "",
+        "| case | check | against | Spearman mean (min) |",
+        "|---|---|---|---|",
+    ]
+    for c in items:
+        sp = c.get("spearman")
+        val = f"{sp[0]:.5f} ({sp[1]:.5f})" if sp else c.get("error", "—")
+        out.append(f"| {c['case']} | {c['label']} | {c['peer_lib']} | {val} |")
+    return out
+
+
+def write_report(rows: list[dict], meta: dict, path: Path) -> str:
+    dists = ["torch", "tdakit", "dattri", "captum", "traker", "kronfluence", "numpy"]
+    versions = ", ".join(f"{d} {_version(d)}" for d in dists)
+    la, lb = meta["load_before"], meta["load_after"]
+    lines = [
+        "# tdakit against peer libraries",
+        "",
+        INTRO.strip(),
+        "",
+        "## How to run",
+        "",
+        "```bash",
+        "bash benchmarks/peers/setup.sh        # creates .venv-peers (never touches .venv)",
+        ".venv-peers/bin/python benchmarks/peers/run.py",
+        "```",
+        "",
+        f"This run: `{meta['command']}` ({meta['total_seconds'] / 60:.1f} min in total).",
+        "",
+        f"Machine: {os.cpu_count()} CPU cores, no GPU, {platform.platform()}; "
+        f"Python {platform.python_version()}. Versions: {versions}.",
+        f"Load average (1/5/15 min) before: {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, after: "
+        f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} — the machine was shared with other jobs, so "
+        "single timings carry noise of a few tens of percent.",
+        f"Each configuration ran in its own process, best of {meta['repeats']} runs (a second "
+        "run only when the first took under a minute); peak memory is the larger of the runs.",
+        "",
+        "Cases:",
+        "",
+    ]
+    for name, info in meta["cases"].items():
+        lines.append(
+            f"- **{name}**: {CASES[name]['title']}; trained with `tdakit.train.train_model` "
+            f"(seed 0, {CASES[name]['epochs']} epochs): final train loss "
+            f"{info['train_loss']:.3f}, query accuracy {info['query_acc']:.2f}; "
+            f"influence damping λ = {CASES[name]['lam']} (mean-loss convention)."
+        )
+    lines += [
+        "",
+        "## Results",
+        "",
+        "time ratio = tdakit time / peer time and mem ratio = tdakit peak / peer peak (peak RSS "
+        "increase during fit + scoring). ★ = the fastest peer implementing the same math, "
+        "which the goal (time ratio ≤ 0.5, mem ratio ≤ 1, Spearman ≥ 0.99) refers to; "
+        "'(related)' = a peer whose math differs (see the notes), listed for reference.",
+        "",
+        *table(rows),
+        *checks(rows),
+        "",
+        "## Notes per method",
+        "",
+    ]
+    seen = []
+    for r in rows:
+        key = r["check"]["group"] if "check" in r else r["group"]
+        if key not in seen and key in NOTES:
+            seen.append(key)
+            lines += [NOTES[key].strip(), ""]
+    lines += ["## Peers not compared", "", EXCLUDED.strip(), ""]
+    text = "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return text

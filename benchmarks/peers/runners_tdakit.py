@@ -1,0 +1,39 @@
+"""tdakit side of the comparison: one entry per method, all in tdakit's own convention
+(scores ``[n_query, n_train]``, positive = helped, influence scores carry 1/N)."""
+
+from __future__ import annotations
+
+import torch
+from common import Case  # type: ignore[import-not-found]
+
+import tdakit as tda
+from tdakit.curvature.operators import MatrixProjector
+
+
+def _task(case: Case, params: str = "all") -> tda.Task:
+    return tda.Task(case.model, params=params)
+
+
+def run(case: Case, method: str, params: str = "all", **kw) -> tuple[torch.Tensor, dict]:
+    """Fit ``method`` on the case's training set and score its queries."""
+    task = _task(case, params)
+    train, queries = (case.X, case.y), (case.Xq, case.yq)
+    info: dict = {}
+    if method == "graddot":
+        est = tda.GradDot(task, **kw)
+    elif method == "influence":
+        kw.setdefault("damping", case.lam)
+        est = tda.InfluenceFunction(task, **kw)
+    elif method == "trak":
+        matrix = kw.pop("projection_matrix", None)
+        if matrix is not None:  # the peer's own projection matrix, saved by run.py
+            kw["projection"] = MatrixProjector(torch.load(matrix))
+        est = tda.TRAK(task, checkpoints=[case.model], **kw)
+    elif method == "representer":
+        est = tda.RepresenterPoints(task, **kw)
+    else:
+        raise ValueError(f"unknown tdakit method {method!r}")
+    scores = est.fit(train).scores(queries)
+    if method == "trak":
+        info["damping"] = est.dampings[0]
+    return scores, info
