@@ -234,3 +234,15 @@ def test_clear_errors(ensemble):
         tda.TRAK(task, checkpoints=models[:1], projection=None, damping=0).fit((X[:5], y[:5]))
     with pytest.raises(TdakitError, match="not fitted"):
         tda.TRAK(task, checkpoints=models[:1]).scores((X, y))
+
+
+def test_task_measurement_on_the_query_side(ensemble):
+    """measurement='task' differentiates the task's query objective: with the loss, each
+    query row is the margin row times (1 - p_q), since -grad loss = (1 - p) grad margin."""
+    X, y, models = ensemble
+    Xq, yq = _data(n=4, seed=6)
+    one = dict(checkpoints=models[:1], projection=32, damping=0.05, damping_mode="absolute")
+    m1 = tda.TRAK(tda.Task(models[0]), **one).fit((X, y)).scores((Xq, yq))
+    l1 = tda.TRAK(tda.Task(models[0]), measurement="task", **one).fit((X, y)).scores((Xq, yq))
+    p = models[0](Xq).softmax(1).gather(1, yq[:, None]).detach()
+    torch.testing.assert_close(l1, m1 * (1 - p), rtol=1e-9, atol=1e-12)
