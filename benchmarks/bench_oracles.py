@@ -28,6 +28,7 @@ from tdakit import metrics
 from tdakit.data import load_digits, load_fashion_mnist
 from tdakit.groundtruth import (
     Executor,
+    Job,
     TrainingRecipe,
     further_training,
     leave_one_out,
@@ -57,12 +58,24 @@ FASHION = TrainingRecipe(
 )
 
 
+def burn(seed: int, n: int = 200, steps: int = 2000) -> float:
+    """A fixed single-threaded compute load (calibrates how many cores are really free)."""
+    a = torch.randn(n, n, generator=torch.Generator().manual_seed(seed))
+    for _ in range(steps):
+        a = torch.tanh(a @ a * 0.01)
+    return float(a.sum())
+
+
 def timing(split, k: int, m: int, ray: bool) -> list[str]:
     train, queries = (split.X_train, split.y_train), (split.X_test[:20], split.y_test[:20])
     removed = torch.randperm(len(split.X_train), generator=torch.Generator().manual_seed(1))[:k]
     rows = []
     setups = [("local", 1), ("local", 2)] + ([("ray", 2)] if ray else [])
     for name, run in (
+        (
+            "calibration: 8 x fixed matmul loop",
+            lambda ex: ex.run([Job(burn, (s,)) for s in range(8)]),
+        ),
         (
             f"LOO, {k} removals + full run",
             lambda ex: leave_one_out(DIGITS, train, queries, removed=removed, executor=ex),
@@ -245,7 +258,7 @@ def main() -> None:
         + " |",
         "|---|---|---|---" + ("|---" if args.ray else "") + "|",
     ]
-    lines += timing(digits, 6 if q else 24, 6 if q else 24, args.ray)
+    lines += timing(digits, 6 if q else 48, 6 if q else 48, args.ray)
     if args.timing_only:
         print("\n".join(lines))
         return
