@@ -42,50 +42,40 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def test_one_full_batch_step_downweight_is_lr_scaled_grad_dot(setup):
-    recipe, model, train, queries, S = setup
-    full_batch = recipe.replace(batch_size=N)
-    removed = [0, 4, 5, 11]
-    errors = []
-    for lr in (1e-2, 1e-3):
-        res = further_training(
-            full_batch,
-            model,
-            train,
-            queries,
-            removed=removed,
-            t=[1],
-            unit="step",
-            mechanism="downweight",
-            seeds=1,
-            lr=lr,
-            executor=SERIAL,
-        )
-        assert res.scores.shape == (1, 4, 4)
-        errors.append(_rel(res.scores[0], lr / N * S[:, removed]))  # sign included
-    assert errors[1] < 2e-4 and errors[1] < 0.2 * errors[0]
-
-
-def test_one_full_batch_step_drop_is_centred_grad_dot(setup):
-    recipe, model, train, queries, S = setup
-    full_batch = recipe.replace(batch_size=N)
-    lr, removed = 1e-3, [1, 2, 9]
+def _one_step(setup, mechanism: str, lr: float, removed: list[int]) -> torch.Tensor:
+    """Gold standard after one full-batch SGD step from the final model ``[n_query, K]``."""
+    recipe, model, train, queries, _ = setup
     res = further_training(
-        full_batch,
+        recipe.replace(batch_size=N),
         model,
         train,
         queries,
         removed=removed,
         t=[1],
         unit="step",
-        mechanism="drop",
+        mechanism=mechanism,
         seeds=1,
         lr=lr,
         executor=SERIAL,
     )
+    assert res.scores.shape == (1, len(queries[0]), len(removed))
+    return res.scores[0]
+
+
+def test_one_full_batch_step_downweight_is_lr_scaled_grad_dot(setup):
+    S, removed = setup[-1], [0, 4, 5, 11]
+    errors = [
+        _rel(_one_step(setup, "downweight", lr, removed), lr / N * S[:, removed])  # sign included
+        for lr in (1e-2, 1e-3)
+    ]
+    assert errors[1] < 2e-4 and errors[1] < 0.2 * errors[0]
+
+
+def test_one_full_batch_step_drop_is_centred_grad_dot(setup):
+    S, lr, removed = setup[-1], 1e-3, [1, 2, 9]
     # theta_{D minus i} - theta_D = lr / (N - 1) * (g_i - mean_j g_j) after one step
     predicted = lr / (N - 1) * (S[:, removed] - S.mean(1, keepdim=True))
-    assert _rel(res.scores[0], predicted) < 2e-4
+    assert _rel(_one_step(setup, "drop", lr, removed), predicted) < 2e-4
 
 
 def test_seeds_centring_and_measurement_times(setup):
