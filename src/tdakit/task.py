@@ -151,16 +151,11 @@ class Task:
 
     def at(self, state: Mapping[str, torch.Tensor] | nn.Module) -> Task:
         """The same task for other weights (a checkpoint state dict or a module)."""
-        if isinstance(state, nn.Module):
-            state = state.state_dict()
-        model = copy.deepcopy(self.model)
-        try:
-            model.load_state_dict(dict(state))
-        except (RuntimeError, KeyError) as err:
-            raise TdakitError(
-                f"The checkpoint does not fit the task's model: {err}. Pass state dicts "
-                "(or modules) of exactly the same architecture."
-            ) from err
+        model = load_weights(
+            copy.deepcopy(self.model), state,
+            "The checkpoint does not fit the task's model",
+            "Pass state dicts (or modules) of exactly the same architecture.",
+        )  # fmt: skip
         return Task(model, self._loss, self._measure, self.params_spec)
 
     # --- functional evaluation -----------------------------------------------------------
@@ -178,6 +173,20 @@ class Task:
     def query_losses(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example loss-like query objective ``[batch]`` (lower = better)."""
         return _per_example(self._measure(self.outputs(params, x), y), len(x), "measurement")
+
+
+def load_weights(
+    model: nn.Module, state: Mapping[str, torch.Tensor] | nn.Module, what: str, fix: str
+) -> nn.Module:
+    """Load a state dict (or another module's weights) into ``model``, or raise
+    ``TdakitError(f"{what}: <reason>. {fix}")``."""
+    if isinstance(state, nn.Module):
+        state = state.state_dict()
+    try:
+        model.load_state_dict(dict(state))
+    except (RuntimeError, KeyError) as err:
+        raise TdakitError(f"{what}: {err}. {fix}") from err
+    return model
 
 
 def _per_example(values: torch.Tensor, n: int, what: str) -> torch.Tensor:

@@ -1,19 +1,18 @@
-"""A minimal, seeded training loop for the reference models (and any ``nn.Module``)."""
+"""Train a given ``nn.Module`` (seeded); a convenience over the training-recipe loop."""
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError, require
+from tdakit.groundtruth.loop import train_loop
+from tdakit.groundtruth.recipe import TrainingRecipe
+from tdakit.task import eval_mode
 
 __all__ = ["LOSSES", "OPTIMIZERS", "TrainResult", "train_model"]
 
@@ -50,18 +49,6 @@ def _check_number(value: object, name: str, low: float, *, integer: bool = False
             f">= {low}, got {value!r}.")  # fmt: skip
 
 
-@contextlib.contextmanager
-def _seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the RNGs used by dropout & co. inside the loop, restoring global state afterwards."""
-    cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device] if cuda else []):
-        torch.random.default_generator.manual_seed(seed)
-        if cuda:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
 def _check_logits(out: Tensor, max_label: int) -> None:
     require(
         out.dim() == 2 and out.shape[1] > max_label,
@@ -69,19 +56,6 @@ def _check_logits(out: Tensor, max_label: int) -> None:
         f"({max_label}), but the model outputs shape {tuple(out.shape)}; build the model "
         "with enough classes.",
     )
-
-
-def _batch_loss(out: Tensor, target: Tensor, loss: str) -> Tensor:
-    if loss == "cross_entropy":
-        return F.cross_entropy(out, target)
-    if out.shape != target.shape and out.dim() == 2 and out.shape[1] == 1 and target.dim() == 1:
-        out = out.squeeze(1)  # a single regression output against targets [n]
-    require(
-        out.shape == target.shape,
-        f"mse loss: model outputs have shape {tuple(out.shape)} but targets have shape "
-        f"{tuple(target.shape)}; make the model's output size match the targets' last dimension.",
-    )
-    return F.mse_loss(out, target)
 
 
 def train_model(
@@ -106,7 +80,9 @@ def train_model(
     with ``seed`` (the last batch may be smaller), and dropout-style randomness is
     seeded too, so the same seed and initial parameters give identical results. Data
     move to the model's device. ``loss`` is ``"cross_entropy"`` (``y`` int labels [n])
-    or ``"mse"`` (float ``y`` [n] or [n, d]). ``momentum`` only applies to SGD. With
+    or ``"mse"`` (``0.5 * ||f(x) - y||^2`` per example, as in :class:`tdakit.Task`; float
+    ``y`` [n] or [n, d]). ``momentum`` only applies to SGD. It runs the same loop as
+    :class:`tdakit.groundtruth.TrainingRecipe`. With
     ``checkpoint_every=k`` a state-dict copy is kept after every k-th epoch. The model
     is left in eval mode.
     """
@@ -149,47 +125,42 @@ def train_model(
     else:
         y = y.to(device=device, dtype=dtype)
     X = X.to(device=device, dtype=dtype)
-    n = X.shape[0]
-
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
+    if loss == "cross_entropy":
+        with torch.no_grad(), eval_mode(model):
+            _check_logits(model(X[:1]), int(y.max()))
     else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-
-    result = TrainResult(model=model)
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    model.train()
-    try:
-        with _seeded_rng(seed, device):
-            bar = tqdm(range(epochs), desc="train", disable=not progress, leave=False)
-            for epoch in bar:
-                perm = torch.randperm(n, generator=generator).to(device)
-                total = torch.zeros((), device=device, dtype=torch.float64)
-                for start in range(0, n, batch_size):
-                    idx = perm[start : start + batch_size]
-                    out = model(X[idx])
-                    if epoch == 0 and start == 0 and loss == "cross_entropy":
-                        _check_logits(out, int(y.max()))
-                    batch_loss = _batch_loss(out, y[idx], loss)
-                    opt.zero_grad(set_to_none=True)
-                    batch_loss.backward()
-                    opt.step()
-                    total += batch_loss.detach().to(torch.float64) * idx.numel()
-                mean = float(total) / n
-                if not math.isfinite(mean):
-                    raise TdakitError(
-                        f"Training loss became non-finite ({mean}) in epoch {epoch + 1}; "
-                        f"the learning rate lr={lr} is probably too high: try a lower lr "
-                        "(e.g. 10x smaller) or check the inputs for NaN/inf."
-                    )
-                result.losses.append(mean)
-                bar.set_postfix(loss=f"{mean:.4f}")
-                if checkpoint_every is not None and (epoch + 1) % checkpoint_every == 0:
-                    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    result.checkpoints.append(state)
-                    result.checkpoint_lrs.append(float(opt.param_groups[0]["lr"]))
-    finally:
-        model.eval()
-    return result
+        with torch.no_grad(), eval_mode(model):
+            out = model(X[:1])
+        require(
+            out.numel() == y[:1].numel(),
+            f"mse loss: model outputs have shape {tuple(out.shape[1:])} per example but "
+            f"targets have {tuple(y.shape[1:])}; make the model's output size match the targets.",
+        )
+    # The one training loop of tdakit is the recipe's; the recipe here only carries the
+    # optimiser settings (its model field is unused: we train the model we were given).
+    recipe = TrainingRecipe(
+        loss=loss,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        epochs=epochs,
+        batch_size=batch_size,
+        checkpoint_every=checkpoint_every,
+    )
+    keep = torch.ones(len(X), dtype=torch.bool)
+    run = train_loop(
+        recipe,
+        model,
+        X,
+        y,
+        keep,
+        batch_seed=seed,
+        downweight=None,
+        epsilon=0.0,
+        record_at=[],
+        record_unit="epoch",
+        measure=None,
+        progress=progress,
+    )
+    return TrainResult(model, run.losses, run.checkpoints, run.checkpoint_lrs)

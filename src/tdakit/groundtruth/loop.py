@@ -9,6 +9,7 @@ sees exactly the full run's order with ``i`` deleted.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError, require
 from tdakit.task import cross_entropy, eval_mode, squared_error
-from tdakit.train import _seeded_rng
 
 if TYPE_CHECKING:
     from tdakit.groundtruth.recipe import TrainingRecipe
@@ -59,6 +59,18 @@ def epoch_batches(
         perm = torch.randperm(n, generator=generator)
         order = perm[keep[perm]]
         yield list(order.split(batch_size))
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the RNGs used by dropout & co. inside a loop, restoring global state afterwards."""
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _per_example(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -184,7 +196,7 @@ def train_loop(
     record(0)
     model.train()
     try:
-        with _seeded_rng(int(batch_seed), X.device):
+        with seeded_rng(int(batch_seed), X.device):
             bar = tqdm(range(n_epochs), desc="train", disable=not progress, leave=False)
             for epoch in bar:
                 total_loss, seen = 0.0, 0
@@ -203,8 +215,9 @@ def train_loop(
                 mean = total_loss / max(seen, 1)
                 if not math.isfinite(mean):
                     raise TdakitError(
-                        f"Training loss became non-finite ({mean}) in epoch {epoch + 1}; lower "
-                        f"the learning rate (lr={recipe.lr}) or check the data for NaN/inf."
+                        f"Training loss became non-finite ({mean}) in epoch {epoch + 1}; the "
+                        f"learning rate lr={recipe.lr} is probably too high: try a lower lr "
+                        "(e.g. 10x smaller) or check the data for NaN/inf."
                     )
                 run.losses.append(mean)
                 bar.set_postfix(loss=f"{mean:.4f}")

@@ -28,6 +28,7 @@ from torch import nn
 from tdakit.errors import TdakitError, require
 from tdakit.groundtruth.loop import TrainRun, train_loop
 from tdakit.inputs import as_tensors
+from tdakit.task import load_weights
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "TrainRun", "TrainingRecipe"]
 
@@ -213,14 +214,8 @@ class TrainingRecipe:
         ``X``'s device (and dtype, for floating inputs)."""
         model = self.build(init_seed, X, y)
         if state is not None:
-            state = state.state_dict() if isinstance(state, nn.Module) else state
-            try:
-                model.load_state_dict(dict(state))
-            except (RuntimeError, KeyError) as err:
-                raise TdakitError(
-                    f"The state does not fit the recipe's model: {err}. Pass a state dict of "
-                    "a model built by this recipe."
-                ) from err
+            what = "The state does not fit the recipe's model"
+            load_weights(model, state, what, "Pass a state dict of a model built by this recipe.")
         model = model.to(device=X.device)
         return model.to(dtype=X.dtype) if X.is_floating_point() else model
 

@@ -15,11 +15,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import require
+from tdakit.groundtruth.loop import seeded_rng
 from tdakit.metrics import _inputs as check
 from tdakit.metrics.functional import spearman_rows
 from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci, compare, summarise
 from tdakit.task import cross_entropy, eval_mode, squared_error
-from tdakit.train import _seeded_rng
 
 __all__ = [
     "coreset_selection",
@@ -255,7 +255,7 @@ def randomised_copy(
 def _reinitialise(module: nn.Module, seed: int) -> None:
     buffers = {n: b.clone() for n, b in module.named_buffers(recurse=False)}
     device = next(module.parameters(recurse=False)).device
-    with torch.no_grad(), _seeded_rng(int(seed), device):
+    with torch.no_grad(), seeded_rng(int(seed), device):
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
