@@ -109,7 +109,6 @@ def checks(rows: list[dict]) -> list[str]:
 def write_report(rows: list[dict], meta: dict, path: Path) -> str:
     dists = ["torch", "tdakit", "dattri", "captum", "traker", "kronfluence", "numpy"]
     versions = ", ".join(f"{d} {_version(d)}" for d in dists)
-    la, lb = meta["load_before"], meta["load_after"]
     lines = [
         "# tdakit against peer libraries",
         "",
@@ -122,15 +121,24 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
         ".venv-peers/bin/python benchmarks/peers/run.py",
         "```",
         "",
-        f"This run: `{meta['command']}` ({meta['total_seconds'] / 60:.1f} min in total).",
-        "",
         f"Machine: {os.cpu_count()} CPU cores, no GPU, {platform.platform()}; "
         f"Python {platform.python_version()}. Versions: {versions}.",
-        f"Load average (1/5/15 min) before: {la[0]:.2f}/{la[1]:.2f}/{la[2]:.2f}, after: "
-        f"{lb[0]:.2f}/{lb[1]:.2f}/{lb[2]:.2f} — the machine was shared with other jobs, so "
-        "single timings carry noise of a few tens of percent.",
-        f"Each configuration ran in its own process, best of {meta['repeats']} runs (a second "
-        "run only when the first took under a minute); peak memory is the larger of the runs.",
+        "The machine was shared with other jobs while these numbers were taken (load "
+        "averages below), so single timings carry noise of a few tens of percent. Runs "
+        "that produced the results (a later run replaces the methods it re-ran):",
+        "",
+    ]
+    for run in meta["runs"]:
+        la, lb = run["load_before"], run["load_after"]
+        lines.append(
+            f"- `{run['command']}`: {run['minutes']:.1f} min, best of {run['repeats']}; "
+            f"load average (1/5/15 min) before {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f}, after "
+            f"{lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f}"
+        )
+    lines += [
+        "",
+        "Each configuration ran in its own process; with best-of-2 a second run follows "
+        "only when the first took under a minute; peak memory is the larger of the runs.",
         "",
         "Cases:",
         "",

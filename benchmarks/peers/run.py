@@ -26,7 +26,7 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 from common import CASES, prepare_case, spearman_rows  # type: ignore[import-not-found]  # noqa: E402
-from configs import GROUPS, Group  # type: ignore[import-not-found]  # noqa: E402
+from configs import GROUPS, Group, Peer  # type: ignore[import-not-found]  # noqa: E402
 from report import write_report  # type: ignore[import-not-found]  # noqa: E402
 
 MODULES = {
@@ -49,7 +49,8 @@ class Runner:
         self.outdir.mkdir(parents=True, exist_ok=True)
 
     def child(self, case: str, lib: str, method: str, kw: dict, tag: str) -> dict:
-        """Run one measurement in a fresh process; return its record (or the failure)."""
+        """Run one measurement in a fresh process; its record (or failure) goes to
+        ``out/{case}-{tag}.json`` (+ ``.pt`` scores) and is returned."""
         out = self.outdir / f"{case}-{tag}"
         for suffix in (".pt", ".json"):
             Path(f"{out}{suffix}").unlink(missing_ok=True)
@@ -65,19 +66,26 @@ class Runner:
             str(self.repeats),
         ]
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
-        t0 = time.perf_counter()
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=self.timeout, env=env
             )
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {self.timeout:.0f} s"}
-        if proc.returncode != 0 or not Path(f"{out}.json").exists():
+            failed = proc.returncode != 0 or not Path(f"{out}.json").exists()
             lines = [x for x in (proc.stderr or proc.stdout).strip().splitlines() if x.strip()]
-            return {"error": (lines[-1] if lines else f"exit code {proc.returncode}")[:300]}
-        record = json.loads(Path(f"{out}.json").read_text())
-        record["scores"] = torch.load(f"{out}.pt")
-        record["process_seconds"] = time.perf_counter() - t0
+            error = (lines[-1] if lines else f"exit code {proc.returncode}")[:300]
+        except subprocess.TimeoutExpired:
+            failed, error = True, f"timed out after {self.timeout:.0f} s"
+        if failed:
+            Path(f"{out}.json").write_text(json.dumps({"error": error}))
+        return self.load(case, tag)
+
+    def load(self, case: str, tag: str) -> dict:
+        path = self.outdir / f"{case}-{tag}"
+        if not Path(f"{path}.json").exists():
+            return {"error": "not run"}
+        record = json.loads(Path(f"{path}.json").read_text())
+        if Path(f"{path}.pt").exists():
+            record["scores"] = torch.load(f"{path}.pt")
         return record
 
 
@@ -88,23 +96,60 @@ def resolve(kw: dict, values: dict) -> dict:
     }
 
 
+def _tdakit_kw(group: Group, case: str) -> tuple[str, dict]:
+    kw = dict(group.tdakit)
+    method = kw.pop("method")
+    return method, {**kw, **group.tdakit_case_kw.get(case, {})}
+
+
+def _tag(group: Group, peer: Peer) -> str:
+    return f"{group.key}-{peer.lib}-{peer.method}"
+
+
+def run_group(runner: Runner, case: str, group: Group, values: dict, log) -> None:
+    method, kw = _tdakit_kw(group, case)
+    log(f"[{case}] {group.key}: tdakit ...")
+    mine = runner.child(case, "tdakit", method, resolve(kw, values), f"{group.key}-tdakit")
+    log(f"    tdakit: {_summary(mine)}")
+    if method == "trak" and "damping" in mine:
+        values["@trak_damping"] = mine["damping"]
+    for peer in group.peers:
+        if case in peer.skip or not available(peer.lib):
+            continue
+        log(f"[{case}] {group.key}: {peer.label} ...")
+        pkw = resolve({**peer.kw, **peer.case_kw.get(case, {})}, values)
+        res = runner.child(case, peer.lib, peer.method, pkw, _tag(group, peer))
+        log(f"    {peer.label}: {_summary(res)}")
+        if "scores" in res and "scores" in mine:
+            log(
+                "    Spearman mean {:.4f} min {:.4f}".format(
+                    *agreement(mine["scores"], res["scores"])
+                )
+            )
+    for i, (label, ckw, _lib) in enumerate(group.checks):
+        res = runner.child(
+            case, "tdakit", method, resolve({**kw, **ckw}, values), f"{group.key}-check{i}"
+        )
+        log(f"    check {label}: {_summary(res)}")
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     s = spearman_rows(a, b)
     return float(s.mean()), float(s.min())
 
 
-def run_group(runner: Runner, case: str, group: Group, values: dict, log) -> list[dict]:
-    rows: list[dict] = []
-    kw = dict(group.tdakit)
-    method = kw.pop("method")
-    kw = resolve({**kw, **group.tdakit_case_kw.get(case, {})}, values)
-    log(f"[{case}] {group.key}: tdakit ...")
-    mine = runner.child(case, "tdakit", method, kw, f"{group.key}-tdakit")
-    log(f"    tdakit: {_summary(mine)}")
-    if "damping" in mine and method == "trak":
-        values["@trak_damping"] = mine["damping"]
-    peer_records: dict[str, dict] = {}
+def collect(runner: Runner, case: str, group: Group) -> list[dict]:
+    """The report rows of one (case, group) from the saved records."""
+    mine = runner.load(case, f"{group.key}-tdakit")
+    rows, records = [], {}
     for peer in group.peers:
+        if case in peer.skip:
+            res = {"error": peer.skip[case]}
+        elif not available(peer.lib):
+            res = {"error": f"{peer.lib} is not installed in this environment"}
+        else:
+            res = runner.load(case, _tag(group, peer))
+        records[peer.lib] = res
         row = {
             "case": case,
             "group": group.key,
@@ -113,46 +158,25 @@ def run_group(runner: Runner, case: str, group: Group, values: dict, log) -> lis
             "lib": peer.lib,
             "same_math": peer.same_math,
             "tdakit": mine,
+            "peer_result": res,
         }
-        if case in peer.skip:
-            row["peer_result"] = {"error": peer.skip[case]}
-        elif not available(peer.lib):
-            row["peer_result"] = {"error": f"{peer.lib} is not installed in this environment"}
-        else:
-            pkw = resolve({**peer.kw, **peer.case_kw.get(case, {})}, values)
-            log(f"[{case}] {group.key}: {peer.label} ...")
-            row["peer_result"] = runner.child(
-                case, peer.lib, peer.method, pkw, f"{group.key}-{peer.lib}-{peer.method}"
-            )
-        res = row["peer_result"]
-        log(f"    {peer.label}: {_summary(res)}")
         if "scores" in res and "scores" in mine:
             row["spearman"] = agreement(mine["scores"], res["scores"])
-            log(f"    Spearman mean {row['spearman'][0]:.4f} min {row['spearman'][1]:.4f}")
-        peer_records[peer.lib] = res
         rows.append(row)
-    for label, ckw, lib in group.checks:
-        ref = peer_records.get(lib, {})
-        if lib == "traker":
-            values["@traker_matrix"] = str(runner.workdir / f"{case}-traker-matrix.pt")
+    for i, (label, _ckw, lib) in enumerate(group.checks):
+        res, ref = runner.load(case, f"{group.key}-check{i}"), records.get(lib, {})
         check = {"case": case, "group": group.key, "label": label, "peer_lib": lib}
-        if "scores" not in ref:
-            check["error"] = f"no {lib} scores to compare with"
+        if "scores" in res and "scores" in ref:
+            check["spearman"] = agreement(res["scores"], ref["scores"])
         else:
-            ckw = resolve({**kw, **ckw}, values)
-            res = runner.child(case, "tdakit", method, ckw, f"{group.key}-check")
-            if "scores" in res:
-                check["spearman"] = agreement(res["scores"], ref["scores"])
-                log(f"    check {label}: Spearman {check['spearman'][0]:.4f}")
-            else:
-                check["error"] = res.get("error")
+            check["error"] = res.get("error") or ref.get("error") or "—"
         rows.append({"check": check})
     return rows
 
 
 def _summary(res: dict) -> str:
     if "error" in res:
-        return "FAILED/SKIPPED: " + res["error"]
+        return "FAILED: " + res["error"]
     return f"{res['seconds']:.2f} s, +{res['peak_mib']:.0f} MiB"
 
 
@@ -164,6 +188,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
     ap.add_argument("--workdir", default="benchmarks/results/peers")
     ap.add_argument("--out", default="docs/benchmarks-peers.md")
+    ap.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the report from the saved results without running anything",
+    )
     args = ap.parse_args()
     workdir = Path(args.workdir).resolve()
     runner = Runner(workdir, args.repeats, args.timeout)
@@ -174,25 +203,38 @@ def main() -> None:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rows: list[dict] = []
     case_info = {}
     for case in cases:
-        print(f"[{case}] training the model ...", flush=True)
-        blob = torch.load(prepare_case(case, workdir))
+        if not args.report_only:
+            print(f"[{case}] training the model ...", flush=True)
+            prepare_case(case, workdir)
+        blob = torch.load(workdir / f"{case}-case.pt")
         case_info[case] = {k: v for k, v in blob.items() if not torch.is_tensor(v)}
+        if args.report_only:
+            continue
         values = {"@lissa_scale": blob["lissa_scale"]}
         for group in GROUPS:
             if case in group.cases and (not only or group.key in only):
-                rows += run_group(runner, case, group, values, lambda m: print(m, flush=True))
-    meta = {
-        "load_before": load_before,
-        "load_after": os.getloadavg(),
-        "total_seconds": time.perf_counter() - t0,
-        "repeats": args.repeats,
-        "cases": case_info,
-        "command": " ".join([".venv-peers/bin/python", "benchmarks/peers/run.py", *sys.argv[1:]]),
-    }
-    text = write_report(rows, meta, Path(args.out))
+                run_group(runner, case, group, values, lambda m: print(m, flush=True))
+    runs_file = workdir / "runs.json"
+    runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
+    if not args.report_only:
+        runs.append(
+            {
+                "command": " ".join(
+                    [".venv-peers/bin/python", "benchmarks/peers/run.py", *sys.argv[1:]]
+                ),
+                "minutes": (time.perf_counter() - t0) / 60,
+                "load_before": load_before,
+                "load_after": os.getloadavg(),
+                "repeats": args.repeats,
+            }
+        )
+        runs_file.write_text(json.dumps(runs))
+    rows = [
+        r for case in cases for g in GROUPS if case in g.cases for r in collect(runner, case, g)
+    ]
+    text = write_report(rows, {"runs": runs, "cases": case_info}, Path(args.out))
     print(text)
 
 

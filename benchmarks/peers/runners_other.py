@@ -30,12 +30,14 @@ def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: in
         dtype=torch.float32,
         block_size=proj_dim,
     )
+    # traker frees the matrix after featurising; keep a copy for the same-projection check
+    matrix = projector.proj_matrix.clone() if kw.get("save_matrix") else None
     traker = TRAKer(
         model=case.model,
         task="image_classification",
         train_set_size=case.n_train,
         save_dir=str(case.workdir / f"trak-{uuid.uuid4().hex}"),
-        load_from_save_dir=False,
+        load_from_save_dir=True,  # a fresh directory; False skips creating its files
         device="cpu",
         projector=projector,
         use_half_precision=False,
@@ -55,8 +57,8 @@ def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: in
     )
     traker.score(batch=[case.Xq, case.yq], num_samples=len(case.Xq))
     scores = torch.as_tensor(traker.finalize_scores(exp_name="bench")).T
-    if kw.get("save_matrix"):  # for the same-projection check against tdakit
-        torch.save(projector.proj_matrix.clone(), case.workdir / f"{case.name}-traker-matrix.pt")
+    if matrix is not None:
+        torch.save(matrix, case.workdir.parent / f"{case.name}-traker-matrix.pt")
     return scores, {}
 
 

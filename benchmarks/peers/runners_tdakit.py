@@ -25,9 +25,9 @@ def run(case: Case, method: str, params: str = "all", **kw) -> tuple[torch.Tenso
         kw.setdefault("damping", case.lam)
         est = tda.InfluenceFunction(task, **kw)
     elif method == "trak":
-        matrix = kw.pop("projection_matrix", None)
-        if matrix is not None:  # the peer's own projection matrix, saved by run.py
-            kw["projection"] = MatrixProjector(torch.load(matrix))
+        k = kw.pop("traker_projection", None)
+        if k is not None:  # traker's own projection matrix (same seed and generator)
+            kw["projection"] = MatrixProjector(_traker_matrix(case.num_params, k))
         est = tda.TRAK(task, checkpoints=[case.model], **kw)
     elif method == "representer":
         est = tda.RepresenterPoints(task, **kw)
@@ -37,3 +37,19 @@ def run(case: Case, method: str, params: str = "all", **kw) -> tuple[torch.Tenso
     if method == "trak":
         info["damping"] = est.dampings[0]
     return scores, info
+
+
+def _traker_matrix(num_params: int, k: int) -> torch.Tensor:
+    """The ``[P, k]`` Gaussian matrix traker's ``BasicProjector`` (seed 0, one block) uses."""
+    from trak.projectors import BasicProjector, ProjectionType
+
+    proj = BasicProjector(
+        grad_dim=num_params,
+        proj_dim=k,
+        seed=0,
+        proj_type=ProjectionType.normal,
+        device="cpu",
+        dtype=torch.float32,
+        block_size=k,
+    )
+    return proj.proj_matrix.clone()
