@@ -27,5 +27,12 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 
+# Speed and quality measurements (not part of the tests); see docs/benchmarks.md.
+bench: $(STAMP)
+	$(PY) benchmarks/bench_features.py
+	$(PY) benchmarks/bench_influence.py
+	$(PY) benchmarks/bench_trak_kfac.py --lds
+	$(PY) benchmarks/bench_oracles.py
+
 clean:
 	rm -rf $(VENV) tdakit-demo .pytest_cache
