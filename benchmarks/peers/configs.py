@@ -34,12 +34,6 @@ class Group:
 
 BATCH = {"batch_size": 1000}  # tdakit: as large as the peers' (full-batch) passes
 HESSIAN = {"method": "influence", "curvature": "hessian", **BATCH}
-DATTRI_SLOW_FMNIST = (
-    "skipped on Fashion-MNIST: dattri's LiSSA runs its recursion separately for every query "
-    "(vmap over 10 queries at a time, fresh minibatches per query); on digits it took ~40x "
-    "tdakit's time, here it would take well over the 20-minute budget"
-)
-
 GROUPS = [
     Group(
         "graddot",
@@ -122,7 +116,6 @@ GROUPS = [
                     "test_batch": 10,
                 },
                 "dattri IFAttributorLiSSA",
-                skip={"fmnist": DATTRI_SLOW_FMNIST},
             )
         ],
     ),
@@ -183,7 +176,11 @@ GROUPS = [
         checks=[
             (
                 "tdakit TRAK with traker's projection matrix",
-                {"traker_projection": 512, "damping": "@trak_damping"},
+                {
+                    "traker_projection": 512,
+                    "damping": "@trak_damping_raw",
+                    "damping_mode": "absolute",
+                },
                 "traker",
             )
         ],

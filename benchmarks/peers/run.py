@@ -113,6 +113,8 @@ def run_group(runner: Runner, case: str, group: Group, values: dict, log) -> Non
     log(f"    tdakit: {_summary(mine)}")
     if method == "trak" and "damping" in mine:
         values["@trak_damping"] = mine["damping"]
+        # the same relative damping on traker's unscaled Gaussian matrix (entries ~ N(0, 1))
+        values["@trak_damping_raw"] = mine["damping"] * kw["projection"]
     for peer in group.peers:
         if case in peer.skip or not available(peer.lib):
             continue

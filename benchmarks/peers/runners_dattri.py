@@ -89,7 +89,7 @@ def run(
             task,
             correct_probability_func=correct_probability,
             projector_kwargs={"proj_dim": kw["proj_dim"], "proj_type": "normal", "device": "cpu"},
-            regularization=kw["damping"] / P,  # dattri divides gradients by sqrt(P)
+            regularization=kw["damping"] / P,  # dattri: gradients / sqrt(P), JL-scaled matrix
         )
         att.cache(train)
         return att.attribute(test_dataloader=test).T, {}

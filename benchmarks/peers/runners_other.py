@@ -11,11 +11,15 @@ from torch.utils.data import TensorDataset
 
 
 def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: int = 500, **kw):
-    """TRAKer on CPU with a float32 BasicProjector (one block: the matrix is generated once).
+    """TRAKer on CPU with its float32 BasicProjector (default 100-column blocks, regenerated
+    from their seeds at every projection; a one-block projector fails after
+    ``finalize_features`` frees the matrix).
 
-    traker divides gradients by sqrt(P) before projecting, so its ``lambda_reg`` is tdakit's
-    damping (on the unnormalised Gram) divided by P. Scores ``[n_train, n_query]`` of the
-    margin, positive = raises the query's margin (helpful): transposed to tdakit's layout.
+    traker divides the projected gradients by sqrt(P) and its Gaussian matrix has unit
+    entries (no 1/sqrt(k), unlike tdakit's and dattri's projections), so its Gram is
+    k / P times tdakit's and ``lambda_reg`` = tdakit's damping * k / P. Scores
+    ``[n_train, n_query]`` of the margin, positive = raises the query's margin (helpful):
+    transposed to tdakit's layout.
     """
     from trak import TRAKer
     from trak.projectors import BasicProjector, ProjectionType
@@ -28,10 +32,7 @@ def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: in
         proj_type=ProjectionType.normal,
         device="cpu",
         dtype=torch.float32,
-        block_size=proj_dim,
     )
-    # traker frees the matrix after featurising; keep a copy for the same-projection check
-    matrix = projector.proj_matrix.clone() if kw.get("save_matrix") else None
     traker = TRAKer(
         model=case.model,
         task="image_classification",
@@ -41,7 +42,7 @@ def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: in
         device="cpu",
         projector=projector,
         use_half_precision=False,
-        lambda_reg=damping / P,
+        lambda_reg=damping * proj_dim / P,
         logging_level=40,
     )
     state = case.model.state_dict()
@@ -57,8 +58,6 @@ def run_traker(case: Case, method: str, proj_dim: int, damping: float, batch: in
     )
     traker.score(batch=[case.Xq, case.yq], num_samples=len(case.Xq))
     scores = torch.as_tensor(traker.finalize_scores(exp_name="bench")).T
-    if matrix is not None:
-        torch.save(matrix, case.workdir.parent / f"{case.name}-traker-matrix.pt")
     return scores, {}
 
 

@@ -40,7 +40,8 @@ def run(case: Case, method: str, params: str = "all", **kw) -> tuple[torch.Tenso
 
 
 def _traker_matrix(num_params: int, k: int) -> torch.Tensor:
-    """The ``[P, k]`` Gaussian matrix traker's ``BasicProjector`` (seed 0, one block) uses."""
+    """The ``[P, k]`` Gaussian matrix of traker's ``BasicProjector`` (seed 0, model 0): its
+    column blocks, each generated from its own seed, side by side."""
     from trak.projectors import BasicProjector, ProjectionType
 
     proj = BasicProjector(
@@ -50,6 +51,10 @@ def _traker_matrix(num_params: int, k: int) -> torch.Tensor:
         proj_type=ProjectionType.normal,
         device="cpu",
         dtype=torch.float32,
-        block_size=k,
     )
-    return proj.proj_matrix.clone()
+    blocks = []
+    for i, state in enumerate(proj.generator_states):
+        proj.generate_sketch_matrix(state)
+        width = min(proj.block_size, k - i * proj.block_size)
+        blocks.append(proj.proj_matrix[:, :width].clone())
+    return torch.cat(blocks, dim=1)
