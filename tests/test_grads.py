@@ -109,17 +109,17 @@ def test_fingerprint_changes_with_weights() -> None:
 
 @pytest.mark.parametrize("params", ["all", "last_layer", ["0.weight", "2.bias"]])
 @pytest.mark.parametrize("objective", ["train", "query"])
-def test_linear_fast_path_equals_vmap_path(monkeypatch, params, objective) -> None:
+def test_layer_fast_path_equals_vmap_path(monkeypatch, params, objective) -> None:
     import tdakit.features.grads as grads_mod
 
     model, (X, y) = tiny_mlp(), tiny_data()
     task = tda.Task(model, measurement="margin", params=params)
-    assert grads_mod.linear_layout(task) is not None
+    assert grads_mod.layer_layout(task) is not None
     fast = gradient_features(task, X, y, objective=objective, batch_size=8)
     fast_blocks = per_example_grads(task, X, y, objective)
     proj = tda.Projector(16, seed=0)
     fast_proj = gradient_features(task, X, y, objective=objective, projector=proj)
-    monkeypatch.setattr(grads_mod, "linear_layout", lambda task: None)
+    monkeypatch.setattr(grads_mod, "layer_layout", lambda task: None)
     slow = gradient_features(task, X, y, objective=objective, batch_size=8)
     assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-14)
     slow_blocks = per_example_grads(task, X, y, objective)
@@ -128,7 +128,7 @@ def test_linear_fast_path_equals_vmap_path(monkeypatch, params, objective) -> No
     assert torch.allclose(fast_proj, slow_proj, rtol=1e-12, atol=1e-14)
 
 
-def test_linear_fast_path_falls_back_for_shared_layers() -> None:
+def test_layer_fast_path_falls_back_for_shared_layers() -> None:
     class Twice(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -143,3 +143,29 @@ def test_linear_fast_path_falls_back_for_shared_layers() -> None:
     G = gradient_features(tda.Task(model), X, y)
     ref = loop_grads(model, X, y, torch.nn.functional.cross_entropy)
     assert torch.allclose(G, ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", [0, 1, "same"])
+def test_conv_fast_path_matches_loop_and_vmap(monkeypatch, padding) -> None:
+    import tdakit.features.grads as grads_mod
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=padding, stride=1 if padding == "same" else 2),
+        nn.ReLU(),
+        nn.Conv2d(3, 4, 2, dilation=2 if padding == "same" else 1, bias=False),
+        nn.Flatten(),
+        nn.LazyLinear(3),
+    ).double()
+    X = torch.randn(6, 2, 9, 9, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (6,), generator=gen)
+    model(X)  # materialise the lazy layer
+    task = tda.Task(model)
+    assert grads_mod.layer_layout(task) is not None
+    fast = gradient_features(task, X, y, batch_size=4)
+    ref = loop_grads(model, X, y, torch.nn.functional.cross_entropy)
+    assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12)
+    blocks = per_example_grads(task, X, y)
+    monkeypatch.setattr(grads_mod, "layer_layout", lambda task: None)
+    slow = per_example_grads(task, X, y)
+    assert all(torch.allclose(blocks[k], slow[k], atol=1e-12) for k in slow)

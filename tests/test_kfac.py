@@ -310,13 +310,13 @@ def test_float32_model_and_lenet_style_network():
     ("k", "d", "s", "p"), [(3, 1, 1, 1), ((3, 2), (2, 1), (2, 3), 0), (2, 2, 1, "same")]
 )
 def test_conv_patches_match_unfold(k, d, s, p):
-    from tdakit.curvature.kfac import _patches
+    from tdakit.features.layers import conv_patches
 
     conv = nn.Conv2d(2, 3, k, dilation=d, stride=s, padding=p)
     x = torch.randn(4, 2, 9, 8)
     xp = nn.functional.pad(x, conv._reversed_padding_repeated_twice)
     want = nn.functional.unfold(xp, conv.kernel_size, dilation=conv.dilation, stride=conv.stride)
-    got = _patches(xp, conv)
+    got = conv_patches(x, conv)  # pads itself
     torch.testing.assert_close(got, want.transpose(1, 2), rtol=0, atol=0)
     # and the patches reproduce the convolution itself
     out = got @ conv.weight.reshape(3, -1).T + conv.bias

@@ -30,12 +30,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import hessian, vmap
 from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError, require
+from tdakit.features.layers import conv_patches
 from tdakit.inputs import batches, check_float_dtype
 from tdakit.task import Task
 
@@ -307,24 +307,12 @@ def _loss_hessian_roots(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch
 def _layer_inputs(layer: KFACLayer, x: torch.Tensor) -> torch.Tensor:
     """``[B, T, in(+1)]`` in float64: patches for Conv2d, positions flattened for Linear."""
     m = layer.module
-    if isinstance(m, nn.Conv2d):
-        a = _patches(F.pad(x, m._reversed_padding_repeated_twice), m)
-    else:
-        a = x.reshape(len(x), -1, x.shape[-1])
+    a = conv_patches(x, m) if isinstance(m, nn.Conv2d) else x.reshape(len(x), -1, x.shape[-1])
     a = a.to(torch.float64)
     ones = torch.ones(*a.shape[:2], 1, dtype=a.dtype, device=a.device)
     if layer.weight is None:
         return ones
     return torch.cat([a, ones], dim=2) if layer.bias is not None else a
-
-
-def _patches(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
-    """Conv2d input patches ``[B, positions, C*kh*kw]`` (``F.unfold`` order) from strided
-    views; much faster than ``F.unfold`` on CPU for few channels."""
-    for dim, k, d, s in zip((2, 3), m.kernel_size, m.dilation, m.stride, strict=True):
-        x = x.unfold(dim, (k - 1) * d + 1, s)[..., ::d]
-    B, C, Ho, Wo, kh, kw = x.shape
-    return x.permute(0, 2, 3, 1, 4, 5).reshape(B, Ho * Wo, C * kh * kw)
 
 
 def _layer_grads(layer: KFACLayer, g: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:

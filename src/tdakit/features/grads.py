@@ -10,7 +10,7 @@ from torch.func import grad, vmap
 from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError
-from tdakit.features.linear import linear_grads, linear_layout
+from tdakit.features.layers import layer_grads, layer_layout
 from tdakit.features.projection import Projector
 from tdakit.inputs import batches, check_float_dtype
 from tdakit.task import Params, Task
@@ -35,9 +35,9 @@ def per_example_grads(
     """Gradients of each example's objective: ``{name: [batch, *param.shape]}``.
 
     ``vmap(grad(...))`` in general; the exact outer-product fast path when every
-    attributed parameter belongs to an ``nn.Linear`` (see :mod:`tdakit.features.linear`).
+    attributed parameter belongs to a Linear/Conv2d layer (see :mod:`tdakit.features.layers`).
     """
-    layout = linear_layout(task)
+    layout = layer_layout(task)
     if layout is not None:
         shapes = task.params()
         blocks: Params = {}
@@ -46,7 +46,7 @@ def per_example_grads(
             g = delta if act is None else delta.unsqueeze(2) * act.unsqueeze(1)
             blocks[name] = g.reshape(len(x), *shapes[name].shape)
 
-        if linear_grads(task, layout, _batch_objective(task, objective), x, y, write):
+        if layer_grads(task, layout, _batch_objective(task, objective), x, y, write):
             return {n: blocks[n] for n in task.param_names}
     fn = vmap(grad(_objective_fn(task, objective)), in_dims=(None, 0, 0))
     return fn(task.params(), x, y)
@@ -102,7 +102,7 @@ def gradient_features(
         rows = out[start:stop]
         if projector is not None:
             rows.copy_(projector.project(per_example_grads(task, xb, yb, objective)))
-        elif not _linear_into(task, objective, xb, yb, rows):
+        elif not _layers_into(task, objective, xb, yb, rows):
             _write_flat(per_example_grads(task, xb, yb, objective), rows)
         _check_finite(rows, start)
     return out
@@ -116,23 +116,23 @@ def _column_views(task: Task, out: torch.Tensor) -> dict[str, torch.Tensor]:
     return views
 
 
-def _linear_into(
+def _layers_into(
     task: Task, objective: Objective, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor
 ) -> bool:
-    """Linear fast path writing outer products straight into ``out``'s columns."""
-    layout = linear_layout(task)
+    """Layer fast path writing per-example gradients straight into ``out``'s columns."""
+    layout = layer_layout(task)
     if layout is None:
         return False
     views = _column_views(task, out)
 
     def write(name: str, delta: torch.Tensor, act: torch.Tensor | None) -> None:
         if act is None:
-            views[name].copy_(delta)
+            views[name].copy_(delta.reshape(len(x), -1))
         else:
             target = views[name].view(len(x), delta.shape[1], act.shape[1])
             torch.mul(delta.unsqueeze(2), act.unsqueeze(1), out=target)
 
-    return linear_grads(task, layout, _batch_objective(task, objective), x, y, write)
+    return layer_grads(task, layout, _batch_objective(task, objective), x, y, write)
 
 
 def _write_flat(blocks: Params, out: torch.Tensor) -> None:
