@@ -18,16 +18,19 @@ of the loss its loss function returns (the mean over the one full batch it is gi
 captum uses the Hessian of the SUM of the losses, so `hessian_reg = N λ` (its scores then
 equal tdakit's including the 1/N); dattri's LiSSA iterates
 `h ← v + (1 − d) h − H h / s` and returns `h / s`, i.e. `(H + d s)^-1 v`, so `d = λ / s`
-with the same scale `s` as tdakit's; traker and dattri's TRAK divide gradients by √P
-before projecting, so their Gram damping is tdakit's / P; kronfluence adds its damping to
-the eigenvalues of the mean Fisher = λ.
+with the same scale `s` as tdakit's; dattri's TRAK divides gradients by √P (and scales its
+matrix by 1/√k like tdakit), so its Gram damping is tdakit's / P, while traker's Gaussian
+matrix has unit entries, so its `lambda_reg` is tdakit's × k / P; kronfluence adds its
+damping to the eigenvalues of the mean Fisher = λ.
 
 **Measurement.** Each (library, method, case) runs in its own process. torch's lazy
 imports (torch.func, autograd.functional, linalg) are triggered on a toy problem first and
 the library is imported before timing; the wall time covers fit + scoring of all queries;
 the peak memory is the kernel's peak RSS (VmHWM, reset right before the timed call) minus
 the RSS right before it. tdakit uses batch_size 1000 (the peers get full-batch or
-1000-example batches as well).
+1000-example batches as well). A full run takes ~28 min on 2 cores, about 10 of them in the
+slowest peer configurations (dattri's DataInf, LiSSA and CG on Fashion-MNIST, captum's
+explicit Hessian on all parameters); `--only` and `--cases` select subsets.
 """
 
 NOTES: dict[str, str] = {
@@ -37,8 +40,8 @@ gradient of the query loss, one checkpoint, learning rate 1): Spearman 1. tdakit
 the per-example training gradients once (nn.Linear fast path, batch 1000) and scores with
 one matrix product. It keeps the `[N, P]` training gradients (1 GB on Fashion-MNIST,
 P = 50,890); captum's TracInCP peaks at twice that. On digits the whole call takes a few
-hundredths of a second, so the time ratio there is within the machine's noise (it ranged
-from 0.6 to 1 between runs).
+hundredths of a second, so the time ratio there (0.50-0.65 over three runs) is
+per-call overhead and noise rather than a bottleneck.
 """,
     "graddot_proj": """
 **Grad-Dot with projected gradients vs dattri's TracInAttributor (related).** dattri 0.3
@@ -159,8 +162,9 @@ gradient, and scales α by 1/n². tdakit refits weight and bias (bias as a regul
 column) to the true labels to float64 stationarity (L-BFGS + Newton-CG), which makes the
 representer decomposition exact. On digits (94% query accuracy) the rankings agree
 closely; on Fashion-MNIST (85%) the soft and true labels differ on more examples and the
-agreement drops to 0.82. tdakit's larger peak (131 MiB vs 26 MiB) is its float64 features
-and the explicit last-layer Hessian of the Newton polish.
+agreement drops to 0.82. tdakit's larger peak (131 MiB vs 26 MiB; not profiled) is
+presumably its float64 copies: the features and the explicit last-layer Hessian of the
+Newton polish.
 """,
 }
 

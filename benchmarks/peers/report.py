@@ -137,8 +137,10 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
         )
     lines += [
         "",
-        "Each configuration ran in its own process; with best-of-2 a second run follows "
-        "only when the first took under a minute; peak memory is the larger of the runs.",
+        "Each configuration ran in its own process; a second (third) run in the same process "
+        "follows only when the first took under a minute; a re-run adds its runs to the "
+        "earlier ones. Reported: the best time and the largest peak over all runs, for tdakit "
+        "and the peers alike (contention only ever adds time).",
         "",
         "Cases:",
         "",
@@ -157,7 +159,8 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
         "time ratio = tdakit time / peer time and mem ratio = tdakit peak / peer peak (peak RSS "
         "increase during fit + scoring). ★ = the fastest peer implementing the same math, "
         "which the goal (time ratio ≤ 0.5, mem ratio ≤ 1, Spearman ≥ 0.99) refers to; "
-        "'(related)' = a peer whose math differs (see the notes), listed for reference.",
+        "'(related)' = a peer whose math differs (see the notes), listed for reference. "
+        "Ratios are shown rounded; the goal is judged on the unrounded values.",
         "",
         *table(rows),
         *checks(rows),
