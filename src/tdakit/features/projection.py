@@ -92,14 +92,13 @@ class Projector:
             (self.seed * 1_000_003 + zlib.crc32(name.encode()) * 7919 + c0) % (2**63 - 1)
         )
         if self.kind == "gaussian":
-            sketch = torch.randn(n, self.dim, generator=gen, dtype=torch.float64) / math.sqrt(
-                self.dim
-            )
-            sketch = sketch.to(device=device, dtype=dtype)
+            sketch = torch.randn(n, self.dim, generator=gen, dtype=dtype)
+            sketch = sketch.div_(math.sqrt(self.dim)).to(device)
             size = sketch.numel() * sketch.element_size()
         elif self.kind == "rademacher":
-            bits = torch.randint(0, 2, (n, self.dim), generator=gen)
-            sketch = ((2 * bits - 1) / math.sqrt(self.dim)).to(device=device, dtype=dtype)
+            # Drawn straight in the target dtype: no int64/float64 temporaries.
+            sketch = torch.empty(n, self.dim, dtype=dtype).bernoulli_(0.5, generator=gen)
+            sketch = sketch.mul_(2 / math.sqrt(self.dim)).sub_(1 / math.sqrt(self.dim)).to(device)
             size = sketch.numel() * sketch.element_size()
         else:
             sketch = self._sparse_sketch(gen, n, device, dtype)

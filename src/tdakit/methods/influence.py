@@ -108,7 +108,7 @@ class InfluenceFunction(GradDot):
         complement: str = "drop",
         negative: str = "raise",
         max_explicit_params: int = MAX_EXPLICIT_PARAMS,
-        solve_block: int = 64,
+        solve_block: int = 128,
         seed: int = 0,
         batch_size: int = 128,
         block_size: int = 4096,
