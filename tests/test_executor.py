@@ -42,6 +42,9 @@ def fail_on(seed: int, bad: int) -> int:
 def interrupt_at(seed: int, bad: int, log_dir: str) -> int:
     if seed == bad:
         raise KeyboardInterrupt
+    # Real jobs take time; with ~1 ms jobs one worker can finish the whole queue before
+    # the driver reacts to the interrupt, and the test would measure scheduling luck.
+    time.sleep(0.3)
     Path(log_dir, f"ran-{seed}-{os.getpid()}").touch()
     return seed
 
