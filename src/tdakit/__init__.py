@@ -5,8 +5,17 @@
 >>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
 """
 
-from tdakit import groundtruth, metrics
-from tdakit.errors import TdakitError
+from tdakit import execution, groundtruth, methods, metrics, training
+from tdakit import preconditioners as solvers
+from tdakit.errors import (
+    ConfigError,
+    DataError,
+    JobError,
+    NotFittedError,
+    NumericalError,
+    StoreError,
+    TdakitError,
+)
 from tdakit.features.projection import Projector
 from tdakit.methods import (
     TRAK,
@@ -18,25 +27,44 @@ from tdakit.methods import (
     RepresentationSimilarity,
     RepresenterPoints,
     TracIn,
+    from_config,
+    get_method,
 )
+from tdakit.execution import Executor
 from tdakit.task import Task
+from tdakit.training import TrainingRecipe, train_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "TRAK",
     "AttributionMethod",
+    "ConfigError",
+    "DataError",
+    "Executor",
     "GradCos",
     "GradDot",
     "InfluenceFunction",
+    "JobError",
+    "NotFittedError",
+    "NumericalError",
     "Projector",
     "RandomBaseline",
     "RepresentationSimilarity",
     "RepresenterPoints",
+    "StoreError",
     "Task",
     "TdakitError",
     "TracIn",
+    "TrainingRecipe",
     "__version__",
+    "execution",
+    "from_config",
+    "get_method",
     "groundtruth",
+    "methods",
     "metrics",
+    "solvers",
+    "train_model",
+    "training",
 ]

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 import tdakit
 from tdakit.data import DataSplit
 from tdakit.errors import TdakitError, require
-from tdakit.fileio import atomic_write
+from tdakit.storage.fileio import atomic_write
 from tdakit.methods.base import AttributionMethod
 from tdakit.task import Task
 
@@ -258,7 +258,7 @@ def run_demo(
     from tdakit.data import load_digits
     from tdakit.models import build_model
     from tdakit.report.demo_report import build_demo_report
-    from tdakit.train import train_model
+    from tdakit.training import train_model
 
     t0 = time.perf_counter()
     out = Path(out_dir)

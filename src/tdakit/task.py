@@ -1,5 +1,6 @@
 """The Task contract: a model, its per-example training loss, the query measurement, the
-parameters to attribute through, evaluated functionally with ``torch.func``.
+parameters to attribute through, and how a user's batch becomes model inputs and targets;
+evaluated functionally with ``torch.func``.
 
 Orientation: :meth:`Task.query_losses` returns the *loss-like* query objective, whose
 decrease counts as help: the loss itself, ``-margin`` or ``-logit``. Every method
@@ -12,61 +13,28 @@ import copy
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from tdakit.errors import TdakitError, require
+from tdakit.batching import (
+    Inputs,
+    batch_len,
+    call_model,
+    default_output,
+    default_split,
+    tensors,
+    to_device,
+)
+from tdakit.errors import ConfigError, DataError, TdakitError, require
+from tdakit.fingerprints import code_digest
+from tdakit.losses import PerExample, check_targets, resolve_loss, resolve_measurement
 
-PerExample = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Params = dict[str, torch.Tensor]
-
-LOSSES = ("cross_entropy", "mse")
-MEASUREMENTS = ("loss", "margin")
-
-
-def cross_entropy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example cross-entropy of logits ``[B, C]`` at integer labels ``[B]``."""
-    require(
-        outputs.ndim == 2,
-        f"cross_entropy needs logits of shape [batch, classes], got {tuple(outputs.shape)}.",
-    )
-    require(
-        not targets.is_floating_point() and targets.ndim == 1,
-        f"cross_entropy needs integer class labels of shape [batch], got {targets.dtype} "
-        f"{tuple(targets.shape)}; convert with y.long().",
-    )
-    return F.cross_entropy(outputs, targets, reduction="none")
-
-
-def squared_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-example ``0.5 * ||f(x) - y||^2`` (so its Gauss-Newton matrix is ``J^T J``)."""
-    targets = targets.to(outputs.dtype)
-    if targets.shape != outputs.shape:
-        require(
-            targets.numel() == outputs.numel(),
-            f"mse targets of shape {tuple(targets.shape)} do not match model outputs "
-            f"{tuple(outputs.shape)}.",
-        )
-        targets = targets.reshape(outputs.shape)
-    return 0.5 * (outputs - targets).pow(2).reshape(len(outputs), -1).sum(1)
-
-
-def negative_margin(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``-(z_y - logsumexp_{j != y} z_j)``: the loss-like form of the classification margin."""
-    require(outputs.ndim == 2 and outputs.shape[1] >= 2, "margin needs logits [batch, C>=2].")
-    correct = outputs.gather(1, targets.long().view(-1, 1)).squeeze(1)
-    others = outputs.scatter(1, targets.long().view(-1, 1), float("-inf"))
-    return torch.logsumexp(others, dim=1) - correct
-
-
-def _negative_logit(index: int) -> PerExample:
-    def measure(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return -outputs[:, index]
-
-    return measure
+BatchHook = Callable[[Any], tuple[Inputs, torch.Tensor]]
+OutputHook = Callable[[Any], torch.Tensor]
 
 
 @contextmanager
@@ -90,8 +58,14 @@ class Task:
         measurement: what to attribute at a query: ``"loss"`` (default), ``"margin"``,
             an ``int`` logit index, or a loss-like callable ``(outputs, targets) -> [batch]``
             (lower = better; negate a quantity you want to be high).
-        params: ``"all"``, ``"last_layer"``, or names of modules/parameters to attribute
-            through; the others are held fixed.
+        params: ``"all"``, ``"last_layer"`` (the last module with parameters *in the forward
+            pass*), or names of modules/parameters to attribute through.
+        batch: ``batch(raw) -> (inputs, targets)``: how one batch of the user's data becomes
+            model inputs (a tensor, a tuple of positional tensors or a dict of keyword
+            tensors) and targets. Default: ``(x, y, ...)`` pairs, or mappings whose targets
+            are under ``"labels"`` (Hugging Face style; see :func:`tdakit.batching.default_split`).
+        output: ``output(model_output) -> tensor``; default: a tensor, ``.logits`` or the
+            first element of a tuple.
     """
 
     def __init__(
@@ -100,22 +74,30 @@ class Task:
         loss: str | PerExample = "cross_entropy",
         measurement: str | int | PerExample = "loss",
         params: str | Sequence[str] = "all",
+        *,
+        batch: BatchHook | None = None,
+        output: OutputHook | None = None,
     ) -> None:
         require(
             isinstance(model, nn.Module),
             f"Task needs a torch.nn.Module, got {type(model).__name__}.",
         )
+        require(batch is None or callable(batch), "batch must be a callable batch -> (x, y).")
+        require(output is None or callable(output), "output must be a callable output -> tensor.")
         self.model = model
-        self.loss_name, self._loss = _resolve_loss(loss)
-        self.measurement_name, self._measure = _resolve_measurement(measurement, self._loss)
+        self.loss_spec, self.measurement_spec = loss, measurement
+        self.loss_name, self._loss = resolve_loss(loss)
+        self.measurement_name, self._measure = resolve_measurement(measurement, self._loss)
         self.params_spec = params
-        self.param_names = _select_params(model, params)
+        self.batch_hook, self.output_hook = batch, output
+        self._param_names = _select_params(model, params)
         devices = {p.device for p in model.parameters()}
         require(
             len(devices) == 1,
             f"The model's parameters live on several devices {sorted(map(str, devices))}; "
             "move it to one device with model.to(device).",
         )
+        self._out_shape: tuple[int, ...] | None = None
 
     # --- model state -------------------------------------------------------------------
     @property
@@ -125,6 +107,15 @@ class Task:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        if self._param_names is None:
+            raise ConfigError(
+                "params='last_layer' is resolved from a forward pass: fit a method first, or "
+                "call task.bind(batch) with one batch of your data."
+            )
+        return self._param_names
 
     def params(self) -> Params:
         """Current values of the attributed parameters (detached)."""
@@ -144,10 +135,27 @@ class Task:
         """A short sha256 of all parameters and buffers (names, shapes, dtypes, values)."""
         h = hashlib.sha256()
         for name, t in sorted(self._frozen().items()):
-            t = t.detach().cpu().contiguous()
+            t = t.detach().to("cpu").contiguous()
             h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def code_key(self) -> str:
+        """A short sha256 of what, besides the weights, determines every computed value:
+        the model's architecture and forward code, the loss, measurement, batch and output
+        hooks (their code, not just their names) and the attributed parameters."""
+        parts = [
+            repr(self.model),
+            code_digest(type(self.model)),
+            *(code_digest(type(m)) for m in self.model.modules()),
+            code_digest(self._loss),
+            code_digest(self._measure),
+            code_digest(self.batch_hook) if self.batch_hook else "",
+            code_digest(self.output_hook) if self.output_hook else "",
+            repr(self._param_names or self.params_spec),
+        ]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     def at(self, state: Mapping[str, torch.Tensor] | nn.Module) -> Task:
         """The same task for other weights (a checkpoint state dict or a module)."""
@@ -156,95 +164,185 @@ class Task:
             "The checkpoint does not fit the task's model",
             "Pass state dicts (or modules) of exactly the same architecture.",
         )  # fmt: skip
-        return Task(model, self._loss, self._measure, self.params_spec)
+        return self.with_model(model)
+
+    def with_model(self, model: nn.Module) -> Task:
+        """This task's loss, measurement, params and hooks on another model."""
+        task = Task(
+            model, self.loss_spec, self.measurement_spec, self.params_spec,
+            batch=self.batch_hook, output=self.output_hook,
+        )  # fmt: skip
+        if task._param_names is None and self._param_names is not None:
+            task._param_names = self._param_names
+        return task
+
+    def with_measurement(self, measurement: str | int | PerExample) -> Task:
+        """This task with another query measurement."""
+        task = self.with_model(self.model)
+        task.measurement_spec = measurement
+        task.measurement_name, task._measure = resolve_measurement(measurement, task._loss)
+        return task
+
+    # --- batches -------------------------------------------------------------------------
+    def split(self, raw: Any) -> tuple[Inputs, torch.Tensor]:
+        """A user's batch -> ``(inputs, targets)`` on the model's device, checked.
+
+        Floating inputs must have the model's dtype (they are never cast silently); the
+        first batch also resolves ``params="last_layer"`` and checks the targets against the
+        model's outputs.
+        """
+        inputs, targets = (self.batch_hook or default_split)(raw)
+        if not isinstance(targets, torch.Tensor):
+            try:
+                targets = torch.as_tensor(targets)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise DataError(
+                    f"The targets must be a tensor (or convertible to one), got "
+                    f"{type(targets).__name__}."
+                ) from err
+        n = batch_len(inputs)
+        require(
+            targets.ndim >= 1 and len(targets) == n,
+            f"The batch has {n} inputs but {len(targets) if targets.ndim else 0} targets; "
+            "they must match one to one.",
+            DataError,
+        )
+        for t in tensors(inputs):
+            if t.is_floating_point():
+                require(
+                    t.dtype == self.dtype,
+                    f"The inputs are {t.dtype} but the model's parameters are {self.dtype}; "
+                    f"cast them with X.to({self.dtype}) (or the model with "
+                    f"model.to({t.dtype})).",
+                    DataError,
+                )
+                require(
+                    bool(torch.isfinite(t).all()),
+                    "The inputs contain NaN or inf; clean or impute them before attribution.",
+                    DataError,
+                )
+        inputs = to_device(inputs, self.device)
+        targets = targets.to(self.device)
+        if targets.is_floating_point() and targets.dtype != self.dtype:
+            targets = targets.to(self.dtype)
+        if self._out_shape is None or self._param_names is None:
+            self.bind(inputs)
+        assert self._out_shape is not None
+        check_targets(self._loss, targets, self._out_shape)
+        check_targets(self._measure, targets, self._out_shape)
+        return inputs, targets
+
+    def bind(self, inputs: Inputs) -> None:
+        """Resolve ``params="last_layer"`` from a forward pass; record the output shape."""
+        order: list[str] = []
+        owners = {m: n for n, m in self.model.named_modules() if _direct_params(m)}
+        hooks = [
+            m.register_forward_pre_hook(lambda mod, _a: order.append(owners[mod]))
+            for m in owners
+        ]
+        try:
+            with torch.no_grad(), eval_mode(self.model):
+                out = self.output_of(call_model(self.model, inputs))
+        except TdakitError:
+            raise
+        except Exception as err:
+            raise DataError(
+                f"The model could not run on the batch's inputs ({type(err).__name__}: {err}). "
+                "Check the input shapes and dtypes, or pass Task(..., batch=fn) to say how a "
+                "batch becomes model inputs."
+            ) from err
+        finally:
+            for h in hooks:
+                h.remove()
+        if self._param_names is None:
+            require(len(order) > 0, "No module with parameters ran in the forward pass.")
+            self._param_names = _module_params(self.model, order[-1])
+        self._out_shape = tuple(out.shape[1:])
 
     # --- functional evaluation -----------------------------------------------------------
-    def outputs(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+    def output_of(self, raw: Any) -> torch.Tensor:
+        return (self.output_hook or default_output)(raw)
+
+    def outputs(self, params: Params, inputs: Inputs) -> torch.Tensor:
         """Model outputs with the attributed parameters replaced by ``params``."""
         state = self._frozen()
         state.update(params)
         with eval_mode(self.model):
-            return functional_call(self.model, state, (x,))
+            return self.output_of(_functional(self.model, state, inputs))
 
-    def losses(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def losses(self, params: Params, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
         """Per-example training losses ``[batch]``."""
-        return _per_example(self._loss(self.outputs(params, x), y), len(x), "loss")
+        out = self.outputs(params, inputs)
+        return _per_example(self._loss(out, targets), len(targets), "loss")
 
-    def query_losses(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def query_losses(self, params: Params, inputs: Inputs, targets: torch.Tensor) -> torch.Tensor:
         """Per-example loss-like query objective ``[batch]`` (lower = better)."""
-        return _per_example(self._measure(self.outputs(params, x), y), len(x), "measurement")
+        out = self.outputs(params, inputs)
+        return _per_example(self._measure(out, targets), len(targets), "measurement")
+
+
+def _functional(model: nn.Module, state: Params, inputs: Inputs) -> Any:
+    if isinstance(inputs, Mapping):
+        return functional_call(model, state, (), dict(inputs))
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    return functional_call(model, state, args)
 
 
 def load_weights(
     model: nn.Module, state: Mapping[str, torch.Tensor] | nn.Module, what: str, fix: str
 ) -> nn.Module:
     """Load a state dict (or another module's weights) into ``model``, or raise
-    ``TdakitError(f"{what}: <reason>. {fix}")``."""
+    ``ConfigError(f"{what}: <reason>. {fix}")``."""
     if isinstance(state, nn.Module):
         state = state.state_dict()
     try:
         model.load_state_dict(dict(state))
-    except (RuntimeError, KeyError) as err:
-        raise TdakitError(f"{what}: {err}. {fix}") from err
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ConfigError(f"{what}: {err}. {fix}") from err
     return model
 
 
 def _per_example(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
     require(
-        values.shape == (n,),
+        isinstance(values, torch.Tensor) and values.shape == (n,),
         f"The {what} must return one value per example (shape [{n}]), got "
-        f"{tuple(values.shape)}; use reduction='none' in your loss function.",
+        f"{tuple(getattr(values, 'shape', ()))}; use reduction='none' in your loss function.",
     )
     return values
 
 
-def _resolve_loss(loss: str | PerExample) -> tuple[str, PerExample]:
-    if callable(loss):
-        return getattr(loss, "__name__", "custom"), loss
-    table = {"cross_entropy": cross_entropy, "mse": squared_error}
-    require(loss in table, f"Unknown loss {loss!r}; use one of {LOSSES} or a callable.")
-    return str(loss), table[loss]
+def _direct_params(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters(recurse=False))
 
 
-def _resolve_measurement(
-    measurement: str | int | PerExample, loss: PerExample
-) -> tuple[str, PerExample]:
-    if isinstance(measurement, bool):
-        raise TdakitError("measurement must be 'loss', 'margin', a logit index or a callable.")
-    if isinstance(measurement, int):
-        require(measurement >= 0, f"The logit index must be >= 0, got {measurement}.")
-        return f"logit[{measurement}]", _negative_logit(measurement)
-    if callable(measurement):
-        return getattr(measurement, "__name__", "custom"), measurement
-    table = {"loss": loss, "margin": negative_margin}
-    require(
-        measurement in table,
-        f"Unknown measurement {measurement!r}; use one of {MEASUREMENTS}, a logit index "
-        "or a loss-like callable.",
-    )
-    return str(measurement), table[measurement]
+def _module_params(model: nn.Module, owner: str) -> tuple[str, ...]:
+    prefix = f"{owner}." if owner else ""
+    named = [n for n, p in model.named_parameters() if p.requires_grad]
+    return tuple(n for n in named if n.startswith(prefix) and "." not in n[len(prefix) :])
 
 
-def _select_params(model: nn.Module, spec: str | Sequence[str]) -> tuple[str, ...]:
+def _select_params(model: nn.Module, spec: str | Sequence[str]) -> tuple[str, ...] | None:
     named = [n for n, p in model.named_parameters() if p.requires_grad]
     require(len(named) > 0, "The model has no trainable parameters to attribute through.")
-    if spec == "all":
+    if isinstance(spec, str) and spec == "all":
         return tuple(named)
-    if spec == "last_layer":
-        owners = [m for m, mod in model.named_modules() if list(mod.parameters(recurse=False))]
-        last = owners[-1]
-        prefix = f"{last}." if last else ""
-        return tuple(n for n in named if n.startswith(prefix) and "." not in n[len(prefix) :])
+    if isinstance(spec, str) and spec == "last_layer":
+        return None  # resolved from the first forward pass (bind)
     require(
-        not isinstance(spec, str),
+        not isinstance(spec, str) and isinstance(spec, Sequence),
         f"params must be 'all', 'last_layer' or a list of module/parameter names, got {spec!r}.",
+    )
+    require(
+        len(spec) > 0,
+        "params is an empty list: name at least one module or parameter, or use 'all'.",
     )
     chosen: list[str] = []
     for key in spec:
+        require(isinstance(key, str), f"params entries must be names (str), got {key!r}.")
         hits = [n for n in named if n == key or n.startswith(f"{key}.")]
         if not hits:
             modules = sorted({n.rsplit(".", 1)[0] for n in named if "." in n})
-            raise TdakitError(
+            raise ConfigError(
                 f"No trainable parameter or module named {key!r}; modules with parameters: "
                 f"{modules}."
             )

@@ -1,12 +1,13 @@
-"""Features: per-example gradients, random projections and the on-disk feature store."""
+"""Features: per-example gradients (layer fast paths, vmap, a loop), tangent features,
+representations, random projections, and where training features are kept."""
 
-from tdakit.features.grads import flatten_blocks, gradient_features, per_example_grads
+from tdakit.features.grads import batch_gradients, flatten_blocks, per_example_grads
 from tdakit.features.projection import Projector, make_projector
 
 __all__ = [
     "Projector",
+    "batch_gradients",
     "flatten_blocks",
-    "gradient_features",
     "make_projector",
     "per_example_grads",
 ]

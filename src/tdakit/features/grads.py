@@ -1,60 +1,138 @@
-"""Per-example gradients with ``torch.func`` (``vmap(grad(...))``), flattened or projected."""
+"""Per-example gradients of the training loss or the query measurement, for one batch.
+
+Three paths compute the same thing; the first that can run is used, decided once per task
+and objective and recorded in ``task.gradient_paths`` (``{"train": "layers", ...}``):
+
+- ``"layers"``: every attributed parameter belongs to a Linear, Conv2d, Embedding or
+  LayerNorm layer: one backward pass (see :mod:`tdakit.features.layers`);
+- ``"vmap"``: ``torch.func.vmap(grad(...))`` over the examples;
+- ``"loop"``: one autograd pass per example, for models ``vmap`` cannot run (data-dependent
+  control flow such as attention-mask checks); a warning says it is slower.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch.func import grad, vmap
-from tqdm.auto import tqdm
 
-from tdakit.errors import TdakitError
+from tdakit.batching import flatten
+from tdakit.errors import ConfigError, NumericalError
 from tdakit.features.layers import layer_grads, layer_layout
 from tdakit.features.projection import Projector
-from tdakit.inputs import batches, check_float_dtype
 from tdakit.task import Params, Task
 
 Objective = Literal["train", "query"]
+PATHS = ("layers", "vmap", "loop")
 
 
-def _objective_fn(task: Task, objective: Objective) -> Callable:
+def objective_fn(task: Task, objective: Objective | Callable) -> Callable:
+    """``(params, inputs, targets) -> [B]``: the training loss, the query measurement, or a
+    callable objective (with a ``path_key`` attribute naming it)."""
+    if callable(objective):
+        return objective
     if objective not in ("train", "query"):
-        raise TdakitError(f"objective must be 'train' or 'query', got {objective!r}.")
-    per_batch = task.losses if objective == "train" else task.query_losses
+        raise ConfigError(f"objective must be 'train' or 'query', got {objective!r}.")
+    return task.losses if objective == "train" else task.query_losses
 
-    def single(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return per_batch(params, x.unsqueeze(0), y.unsqueeze(0)).squeeze(0)
 
-    return single
+def _key(objective: Objective | Callable) -> str:
+    return getattr(objective, "path_key", "custom") if callable(objective) else objective
+
+
+def gradient_path(task: Task, objective: Objective | Callable) -> str | None:
+    """The path used for ``objective`` so far (``None`` before the first batch)."""
+    return getattr(task, "gradient_paths", {}).get(_key(objective))
+
+
+def _record(task: Task, objective: Objective | Callable, path: str) -> None:
+    paths = task.__dict__.setdefault("gradient_paths", {})
+    objective = _key(objective)
+    if paths.get(objective) != path and path == "loop":
+        warnings.warn(
+            f"vmap cannot run this model ({type(task.model).__name__}); per-example "
+            f"{objective} gradients use one backward pass per example (slower). Attribute "
+            "only Linear/Conv2d/Embedding/LayerNorm parameters to use the fast layer path.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    paths[objective] = path
 
 
 def per_example_grads(
-    task: Task, x: torch.Tensor, y: torch.Tensor, objective: Objective = "train"
+    task: Task, inputs: Any, targets: torch.Tensor, objective: Objective | Callable = "train"
 ) -> Params:
-    """Gradients of each example's objective: ``{name: [batch, *param.shape]}``.
+    """Gradients of each example's objective: ``{name: [batch, *param.shape]}``."""
+    blocks: Params = {}
+    shapes = task.params()
+    B = len(targets)
 
-    ``vmap(grad(...))`` in general; the exact outer-product fast path when every
-    attributed parameter belongs to a Linear/Conv2d layer (see :mod:`tdakit.features.layers`).
-    """
+    def write(name: str, g: torch.Tensor, act: torch.Tensor | None) -> None:
+        g = g if act is None else g.unsqueeze(2) * act.unsqueeze(1)
+        blocks[name] = g.reshape(B, *shapes[name].shape)
+
+    if _try_layers(task, objective, inputs, targets, write):
+        return {n: blocks[n] for n in task.param_names}
+    return _vmap_or_loop(task, objective, inputs, targets)
+
+
+def _try_layers(task: Task, objective: Objective, inputs, targets, write) -> bool:
+    if gradient_path(task, objective) not in (None, "layers"):
+        return False
     layout = layer_layout(task)
-    if layout is not None:
-        shapes = task.params()
-        blocks: Params = {}
+    if layout is None:
+        return False
+    try:
+        ok = layer_grads(task, layout, objective_fn(task, objective), inputs, targets, write)
+    except (RuntimeError, IndexError):
+        if gradient_path(task, objective) == "layers":
+            raise
+        ok = False  # e.g. a broadcast the model cannot take: use the general paths
+    if ok:
+        _record(task, objective, "layers")
+    return ok
 
-        def write(name: str, delta: torch.Tensor, act: torch.Tensor | None) -> None:
-            g = delta if act is None else delta.unsqueeze(2) * act.unsqueeze(1)
-            blocks[name] = g.reshape(len(x), *shapes[name].shape)
 
-        if layer_grads(task, layout, _batch_objective(task, objective), x, y, write):
-            return {n: blocks[n] for n in task.param_names}
-    fn = vmap(grad(_objective_fn(task, objective)), in_dims=(None, 0, 0))
-    return fn(task.params(), x, y)
+def _vmap_or_loop(task: Task, objective: Objective, inputs, targets) -> Params:
+    fn = objective_fn(task, objective)
+    leaves, rebuild = flatten(inputs)
+    is_tensor = [isinstance(v, torch.Tensor) for v in leaves]
+    batched = [v for v, t in zip(leaves, is_tensor, strict=True) if t]
+
+    def single(params: Params, rows: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        it = iter(rows)
+        one = rebuild([next(it).unsqueeze(0) if t else v for v, t in zip(leaves, is_tensor,
+                                                                          strict=True)])
+        return fn(params, one, target.unsqueeze(0)).squeeze(0)
+
+    params = task.params()
+    if gradient_path(task, objective) in (None, "vmap", "layers"):
+        try:
+            out = vmap(grad(single), in_dims=(None, 0, 0))(params, batched, targets)
+        except (RuntimeError, NotImplementedError):
+            if gradient_path(task, objective) == "vmap":
+                raise
+        else:
+            _record(task, objective, "vmap")
+            return out
+    _record(task, objective, "loop")
+    return _loop(single, params, batched, targets)
 
 
-def _batch_objective(task: Task, objective: Objective) -> Callable:
-    _objective_fn(task, objective)  # validates the name
-    return task.losses if objective == "train" else task.query_losses
+def _loop(single, params: Params, batched: list[torch.Tensor], targets) -> Params:
+    names = list(params)
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    live = {n: p.detach().requires_grad_() for n, p in params.items()}
+    for i in range(len(targets)):
+        with torch.enable_grad():
+            value = single(live, [b[i] for b in batched], targets[i])
+            grads = torch.autograd.grad(value, [live[n] for n in names], allow_unused=True)
+        for n, g in zip(names, grads, strict=True):
+            rows[n].append(torch.zeros_like(live[n]) if g is None else g)
+    return {n: torch.stack(rows[n]) for n in names}
 
 
 def flatten_blocks(blocks: Params) -> torch.Tensor:
@@ -62,77 +140,59 @@ def flatten_blocks(blocks: Params) -> torch.Tensor:
     return torch.cat([g.reshape(len(g), -1) for g in blocks.values()], dim=1)
 
 
-def _check_finite(features: torch.Tensor, start: int) -> None:
+def check_finite(features: torch.Tensor, start: int) -> None:
+    """Raise naming the first example whose feature row holds NaN/inf."""
     # A row sum is NaN/inf iff the row has a NaN/inf (bar overflow of huge finite values,
     # which is just as unusable); it is ~25x cheaper than isfinite on the whole block.
     row_sums = features.sum(dim=1)
     if not torch.isfinite(row_sums).all():
         bad = start + int((~torch.isfinite(row_sums)).nonzero()[0])
-        raise TdakitError(
+        raise NumericalError(
             f"Non-finite gradient for example {bad}: the loss or model output is NaN/inf "
             "there. Check that example's input and label, and the model's weights."
         )
 
 
-def gradient_features(
+def batch_gradients(
     task: Task,
-    X: torch.Tensor,
-    y: torch.Tensor,
+    inputs: Any,
+    targets: torch.Tensor,
     *,
     objective: Objective = "train",
     projector: Projector | None = None,
-    batch_size: int = 128,
-    progress: bool = False,
-    desc: str = "gradients",
     out: torch.Tensor | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
-    """Per-example gradient features ``[N, d]`` on the task's device, in batches.
-
-    ``d`` is the number of attributed parameters, or ``projector.dim`` when a projector
-    is given (applied blockwise per parameter, so no ``[N, P]`` matrix is built).
-    """
-    check_float_dtype(X, task.dtype, objective)
+    """Per-example gradient features ``[B, d]`` of one batch (``d`` = number of attributed
+    parameters, or ``projector.dim``; projections are applied per parameter block, so a
+    ``[B, P]`` matrix is never formed). Written into ``out`` when given."""
+    B = len(targets)
     dim = projector.dim if projector is not None else task.num_params
     if out is None:
-        out = torch.empty(len(X), dim, dtype=task.dtype, device=task.device)
-    it = batches(X, y, batch_size, task.device, task.dtype)
-    for start, stop, xb, yb in tqdm(
-        it, total=-(-len(X) // batch_size), desc=desc, disable=not progress, leave=False
-    ):
-        rows = out[start:stop]
-        if projector is not None:
-            rows.copy_(projector.project(per_example_grads(task, xb, yb, objective)))
-        elif not _layers_into(task, objective, xb, yb, rows):
-            _write_flat(per_example_grads(task, xb, yb, objective), rows)
-        _check_finite(rows, start)
+        out = torch.empty(B, dim, dtype=task.dtype, device=task.device)
+    if projector is not None:
+        out.copy_(projector.project(per_example_grads(task, inputs, targets, objective)))
+    elif not _layers_into(task, objective, inputs, targets, out):
+        _write_flat(per_example_grads(task, inputs, targets, objective), out)
+    check_finite(out, start)
     return out
 
 
-def _column_views(task: Task, out: torch.Tensor) -> dict[str, torch.Tensor]:
+def _layers_into(task: Task, objective: Objective, inputs, targets, out: torch.Tensor) -> bool:
+    """Layer fast path writing per-example gradients straight into ``out``'s columns."""
     views, offset = {}, 0
     for name, p in task.params().items():
         views[name] = out[:, offset : offset + p.numel()]
         offset += p.numel()
-    return views
 
-
-def _layers_into(
-    task: Task, objective: Objective, x: torch.Tensor, y: torch.Tensor, out: torch.Tensor
-) -> bool:
-    """Layer fast path writing per-example gradients straight into ``out``'s columns."""
-    layout = layer_layout(task)
-    if layout is None:
-        return False
-    views = _column_views(task, out)
-
-    def write(name: str, delta: torch.Tensor, act: torch.Tensor | None) -> None:
+    def write(name: str, g: torch.Tensor, act: torch.Tensor | None) -> None:
         if act is None:
-            views[name].copy_(delta.reshape(len(x), -1))
+            views[name].copy_(g.reshape(len(g), -1))
         else:
-            target = views[name].view(len(x), delta.shape[1], act.shape[1])
-            torch.mul(delta.unsqueeze(2), act.unsqueeze(1), out=target)
+            target = views[name].view(len(g), g.shape[1], act.shape[1])
+            torch.mul(g.unsqueeze(2), act.unsqueeze(1), out=target)
 
-    return layer_grads(task, layout, _batch_objective(task, objective), x, y, write)
+    return _try_layers(task, objective, inputs, targets, write)
 
 
 def _write_flat(blocks: Params, out: torch.Tensor) -> None:

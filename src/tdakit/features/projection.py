@@ -127,9 +127,21 @@ class Projector:
 
 
 def make_projector(
-    projection: Projector | int | None, kind: Kind = "rademacher", seed: int = 0
+    projection: Projector | int | dict | None, kind: Kind = "rademacher", seed: int = 0
 ) -> Projector | None:
-    """Accept a ready projector, a target dimension, or ``None`` (no projection)."""
+    """Accept a ready projector, a target dimension, its config dict, or ``None``."""
     if projection is None or isinstance(projection, Projector):
         return projection
+    if isinstance(projection, dict):
+        require(
+            projection.get("kind") in KINDS,
+            f"Cannot rebuild a projection from {projection}; pass the Projector itself.",
+        )
+        keys = ("dim", "kind", "seed", "sparsity", "chunk_rows")
+        return Projector(**{k: v for k, v in projection.items() if k in keys})
+    require(
+        isinstance(projection, int) and not isinstance(projection, bool) and projection > 0,
+        f"projection must be a positive int (the dimension k), a Projector or None, got "
+        f"{projection!r}.",
+    )
     return Projector(int(projection), kind=kind, seed=seed)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from tdakit.errors import require
-from tdakit.groundtruth.executor import Job
-from tdakit.groundtruth.jobs import Executor, prepare, train_states
-from tdakit.groundtruth.recipe import TrainingRecipe
-from tdakit.inputs import DataLike, as_tensors
+from tdakit.execution import Executor, Job
+from tdakit.groundtruth.jobs import prepare, train_states
+from tdakit.training.recipe import TrainingRecipe
+from tdakit.data.sources import DataLike, to_tensors
 
 __all__ = ["VARY", "Ensemble", "ensemble_seeds", "seed_ensemble"]
 
@@ -41,7 +41,7 @@ class Ensemble:
 
     def models(self, recipe: TrainingRecipe, train: DataLike) -> list[nn.Module]:
         """The members as modules (eval mode, on the training data's device and dtype)."""
-        X, y = as_tensors(train, "train")
+        X, y = to_tensors(train, "train")
         return [recipe.materialise(0, X, y, state).eval() for state in self.states]
 
 

@@ -26,10 +26,11 @@ import torch
 from torch import nn
 
 from tdakit.errors import require
-from tdakit.groundtruth.executor import Job, Shared
-from tdakit.groundtruth.jobs import Executor, continue_and_measure, positions, prepare
-from tdakit.groundtruth.recipe import TrainingRecipe
-from tdakit.inputs import DataLike
+from tdakit.execution import Executor, Job, Shared
+from tdakit.groundtruth.jobs import continue_and_measure, make_measure, positions, prepare
+from tdakit.task import Task
+from tdakit.training.recipe import TrainingRecipe
+from tdakit.data.sources import DataLike
 
 __all__ = ["MECHANISMS", "FurtherResult", "further_training"]
 
@@ -64,7 +65,8 @@ def further_training(
     lr: float | None = None,
     epsilon: float | None = None,
     centre: bool = False,
-    measurement: str | int = "loss",
+    measurement: str | int | None = None,
+    task: Task | None = None,
     executor: Executor | None = None,
 ) -> FurtherResult:
     """Attribute by sensitivity to further training from the final model ``model``.
@@ -91,7 +93,8 @@ def further_training(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     require(len(seed_list) > 0, "seeds must give at least one seed.")
     executor = executor or Executor()
-    data = prepare(train, queries, measurement)
+    measure = make_measure(recipe, measurement, task)
+    data = prepare(train, queries, measure)
     idx = positions(removed, data.n, "removed")
     state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
     state = Shared({k: v.detach().cpu() for k, v in state.items()})
@@ -118,7 +121,7 @@ def further_training(
                 "batch_seed": seed,
                 "record_at": ts,
                 "unit": unit,
-                "measurement": measurement,
+                "measure": measure,
                 "device": data.device,
             },
             name=f"further seed {seed} " + ("full" if left is None else f"{mechanism} {left}"),
@@ -137,6 +140,6 @@ def further_training(
         "lr": rate,
         "epsilon": epsilon,
         "centre": centre,
-        "measurement": measurement,
+        **measure.config(),
     }
     return FurtherResult(per_seed.mean(0), ts, unit, idx, per_seed, config)

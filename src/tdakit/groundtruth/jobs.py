@@ -6,7 +6,6 @@ Job functions are module-level (picklable by reference), take CPU tensors, train
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,44 +13,71 @@ from typing import Any
 import torch
 from torch import nn
 
-from tdakit.errors import require
-from tdakit.groundtruth.executor import BACKENDS, Job, Shared, run_jobs
-from tdakit.groundtruth.recipe import TrainingRecipe
-from tdakit.inputs import DataLike, as_tensors, fingerprint_tensors
-from tdakit.task import MEASUREMENTS, Task
-
-__all__ = ["Executor"]
+from tdakit.batching import fingerprint as fingerprint_tensors
+from tdakit.data.sources import DataLike, to_tensors
+from tdakit.errors import ConfigError, require
+from tdakit.execution import Shared
+from tdakit.fingerprints import describe_callable
+from tdakit.losses import MEASUREMENTS
+from tdakit.task import Task
 
 QUERY_BATCH = 1024
 
 
 @dataclass(frozen=True)
-class Executor:
-    """Where and how oracle jobs run (see :func:`~tdakit.groundtruth.run_jobs`).
+class Measure:
+    """The loss-like query objective of a trained model: the user's ``task`` (its loss,
+    measurement and hooks on the trained weights), or ``Task(model, loss, measurement)``."""
 
-    ``cache_dir`` keeps every finished retraining on disk, keyed by content, so a rerun
-    (or an interrupted one) only computes what is missing.
-    """
+    loss: Any = "cross_entropy"
+    measurement: Any = "loss"
+    task: Task | None = None
 
-    backend: str = "local"
-    workers: int = 2
-    cache_dir: str | os.PathLike | None = None
-    progress: bool = True
-    ray_address: str | None = None
+    def task_for(self, model: nn.Module) -> Task:
+        if self.task is not None:
+            return self.task.with_model(model)
+        return Task(model, loss=self.loss, measurement=self.measurement)
 
-    def __post_init__(self) -> None:
-        require(self.backend in BACKENDS, f"Unknown backend {self.backend!r}; use {BACKENDS}.")
+    def __call__(self, model: nn.Module, Xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
+        task = self.task_for(model)
+        xq = Xq.to(task.dtype) if Xq.is_floating_point() else Xq
+        params = task.params()
+        with torch.no_grad():
+            out = [
+                task.query_losses(params, xq[a : a + QUERY_BATCH], yq[a : a + QUERY_BATCH])
+                for a in range(0, len(xq), QUERY_BATCH)
+            ]
+        return torch.cat(out).detach().cpu()
 
-    def run(self, jobs: Sequence[Job], desc: str = "jobs") -> list[Any]:
-        return run_jobs(
-            jobs,
-            backend=self.backend,
-            workers=self.workers,
-            cache_dir=self.cache_dir,
-            progress=self.progress,
-            ray_address=self.ray_address,
-            desc=desc,
+    def config(self) -> dict:
+        if self.task is not None:
+            return {"task": self.task.code_key(), "measurement": self.task.measurement_name}
+        loss = self.loss if isinstance(self.loss, str) else describe_callable(self.loss)
+        return {"loss": loss, "measurement": self.measurement}
+
+
+def make_measure(recipe: Any, measurement: Any, task: Task | None) -> Measure:
+    """The measure of an oracle: the task's when given, else the recipe's loss."""
+    if task is not None:
+        require(
+            isinstance(task, Task),
+            f"task must be a tdakit.Task, got {type(task).__name__}.",
         )
+        require(
+            measurement in (None, "loss"),
+            "Pass the measurement through the task (Task(..., measurement=...)) when task= is "
+            "given, not both.",
+        )
+        return Measure(task.loss_spec, task.measurement_spec, task)
+    measurement = "loss" if measurement is None else measurement
+    check_measurement(measurement)
+    loss = getattr(recipe, "loss", None)
+    if loss is None:
+        raise ConfigError(
+            "The recipe does not say which loss it trains; pass task=tda.Task(model, loss=...) "
+            "so that the oracle measures the queries the way your method does."
+        )
+    return Measure(loss, measurement)
 
 
 @dataclass
@@ -67,14 +93,14 @@ class Data:
     description: dict
 
 
-def prepare(train: DataLike, queries: DataLike | None, measurement: Any) -> Data:
-    """Check the data and the measurement, move tensors to the CPU for shipping."""
-    X, y = as_tensors(train, "train")
+def prepare(train: DataLike, queries: DataLike | None, measure: Measure | None) -> Data:
+    """Check the data, move tensors to the CPU for shipping, fingerprint them."""
+    X, y = to_tensors(train, "train")
     device = str(X.device)
     desc: dict[str, Any] = {"train": fingerprint_tensors(X, y), "device": device}
     Xq = yq = None
     if queries is not None:
-        Xq_t, yq_t = as_tensors(queries, "query")
+        Xq_t, yq_t = to_tensors(queries, "query")
         require(
             Xq_t.shape[1:] == X.shape[1:],
             f"Query inputs have shape {tuple(Xq_t.shape[1:])} per example but training "
@@ -82,8 +108,8 @@ def prepare(train: DataLike, queries: DataLike | None, measurement: Any) -> Data
         )
         Xq, yq = Shared(Xq_t.detach().cpu()), Shared(yq_t.detach().cpu())
         desc["queries"] = fingerprint_tensors(Xq_t, yq_t)
-        check_measurement(measurement)
-        desc["measurement"] = measurement
+        assert measure is not None
+        desc["measure"] = measure.config()
     return Data(Shared(X.detach().cpu()), Shared(y.detach().cpu()), Xq, yq, len(X), device, desc)
 
 
@@ -116,35 +142,20 @@ def positions(indices: Sequence[int] | torch.Tensor | None, n: int, name: str) -
     return idx.long()
 
 
-def query_losses(
-    model: nn.Module, loss: str, measurement: Any, Xq: torch.Tensor, yq: torch.Tensor
-) -> torch.Tensor:
-    """The loss-like query objective ``[n_query]`` of ``model`` (CPU, no gradients)."""
-    task = Task(model, loss=loss, measurement=measurement)
-    params = task.params()
-    with torch.no_grad():
-        out = [
-            task.query_losses(params, Xq[a : a + QUERY_BATCH], yq[a : a + QUERY_BATCH])
-            for a in range(0, len(Xq), QUERY_BATCH)
-        ]
-    return torch.cat(out).detach().cpu()
-
-
 def _on(device: str, *tensors: torch.Tensor) -> list[torch.Tensor]:
     return [t.to(device) for t in tensors]
 
 
-def measurer(recipe: TrainingRecipe, measurement: Any, Xq, yq) -> Callable[[nn.Module], Any]:
-    def measure(model: nn.Module) -> torch.Tensor:
-        xq = Xq.to(next(model.parameters()).dtype) if Xq.is_floating_point() else Xq
-        return query_losses(model, recipe.loss, measurement, xq, yq)
+def measurer(measure: Measure, Xq, yq) -> Callable[[nn.Module], Any]:
+    def run(model: nn.Module) -> torch.Tensor:
+        return measure(model, Xq, yq)
 
-    return measure
+    return run
 
 
 # --- job functions (run in workers) ----------------------------------------------------------
 def train_and_measure(
-    recipe: TrainingRecipe,
+    recipe: Any,
     X: torch.Tensor,
     y: torch.Tensor,
     Xq: torch.Tensor,
@@ -153,17 +164,17 @@ def train_and_measure(
     keep: torch.Tensor | None,
     init_seed: int,
     batch_seed: int,
-    measurement: Any,
+    measure: Measure,
     device: str,
 ) -> torch.Tensor:
-    """Train on ``X[keep]`` and return the query objective ``[n_query]``."""
+    """Train on ``X[keep]`` (positions) and return the query objective ``[n_query]``."""
     X, y, Xq, yq = _on(device, X, y, Xq, yq)
     model = recipe.train(X, y, indices=keep, init_seed=init_seed, batch_seed=batch_seed)
-    return measurer(recipe, measurement, Xq, yq)(model)
+    return measurer(measure, Xq, yq)(model)
 
 
 def train_states(
-    recipe: TrainingRecipe,
+    recipe: Any,
     X: torch.Tensor,
     y: torch.Tensor,
     *,
@@ -189,7 +200,7 @@ def train_states(
 
 
 def continue_and_measure(
-    recipe: TrainingRecipe,
+    recipe: Any,
     state: dict[str, torch.Tensor],
     X: torch.Tensor,
     y: torch.Tensor,
@@ -202,7 +213,7 @@ def continue_and_measure(
     batch_seed: int,
     record_at: list[int],
     unit: str,
-    measurement: Any,
+    measure: Measure,
     device: str,
 ) -> torch.Tensor:
     """Continue training from ``state`` (leaving out one example or none) and return the
@@ -222,6 +233,6 @@ def continue_and_measure(
         epsilon=epsilon,
         record_at=record_at,
         record_unit=unit,
-        measure=measurer(recipe, measurement, Xq, yq),
+        measure=measurer(measure, Xq, yq),
     )
     return torch.stack(run.records)

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
-from tdakit.groundtruth.executor import Job
-from tdakit.groundtruth.jobs import Executor, positions, prepare, train_and_measure
-from tdakit.groundtruth.recipe import TrainingRecipe
-from tdakit.inputs import DataLike
+from tdakit.execution import Executor, Job
+from tdakit.groundtruth.jobs import make_measure, positions, prepare, train_and_measure
+from tdakit.task import Task
+from tdakit.training.recipe import as_recipe
+from tdakit.data.sources import DataLike
 
 __all__ = ["LOOResult", "leave_one_out"]
 
@@ -36,36 +37,41 @@ class LOOResult:
 
 
 def leave_one_out(
-    recipe: TrainingRecipe,
+    recipe: Any,
     train: DataLike,
     queries: DataLike,
     *,
     removed: Sequence[int] | torch.Tensor | None = None,
     init_seed: int = 0,
     batch_seed: int = 0,
-    measurement: str | int = "loss",
+    measurement: str | int | None = None,
+    task: Task | None = None,
     executor: Executor | None = None,
 ) -> LOOResult:
     """Retrain without each example in ``removed`` (default: every training example).
 
     Args:
-        recipe: how to train from scratch.
+        recipe: how to train from scratch: a :class:`~tdakit.training.TrainingRecipe`, or a
+            function ``train(X, y, indices, init_seed, batch_seed) -> model``.
         train, queries: ``(X, y)`` tuples, Datasets or DataLoaders (``shuffle=False``).
         removed: training positions to leave out, one retraining each.
         init_seed, batch_seed: the seeds shared by the full and every left-out run.
-        measurement: ``"loss"``, ``"margin"`` or a logit index (loss-like, as in Task).
+        measurement: ``"loss"`` (default), ``"margin"`` or a logit index (loss-like).
+        task: measure the queries with this Task's loss, measurement and hooks instead
+            (custom losses get ground truth too).
         executor: where the ``K + 1`` trainings run (default: 2 local processes, no cache).
     """
     executor = executor or Executor()
-    data = prepare(train, queries, measurement)
+    recipe = as_recipe(recipe)
+    measure = make_measure(recipe, measurement, task)
+    data = prepare(train, queries, measure)
     idx = positions(removed, data.n, "removed")
     common = {"recipe": recipe, "seeds": [init_seed, batch_seed], **data.description}
 
     def job(drop: int | None) -> Job:
         keep = None
         if drop is not None:
-            keep = torch.ones(data.n, dtype=torch.bool)
-            keep[drop] = False
+            keep = torch.cat([torch.arange(drop), torch.arange(drop + 1, data.n)])
         return Job(
             train_and_measure,
             (recipe, data.X, data.y, data.Xq, data.yq),
@@ -73,7 +79,7 @@ def leave_one_out(
                 "keep": keep,
                 "init_seed": init_seed,
                 "batch_seed": batch_seed,
-                "measurement": measurement,
+                "measure": measure,
                 "device": data.device,
             },
             name="loo full" if drop is None else f"loo without {drop}",
@@ -83,5 +89,5 @@ def leave_one_out(
     jobs = [job(None)] + [job(int(i)) for i in idx]
     out = executor.run(jobs, desc="leave-one-out")
     base, losses = out[0], torch.stack(out[1:])
-    config = {"init_seed": init_seed, "batch_seed": batch_seed, "measurement": measurement}
+    config = {"init_seed": init_seed, "batch_seed": batch_seed, **measure.config()}
     return LOOResult((losses - base).T.contiguous(), idx, base, losses, config)

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 
 from tdakit.errors import require
-from tdakit.groundtruth.executor import Job
-from tdakit.groundtruth.jobs import Executor, prepare, train_and_measure
-from tdakit.groundtruth.recipe import TrainingRecipe
-from tdakit.inputs import DataLike
+from tdakit.execution import Executor, Job
+from tdakit.groundtruth.jobs import make_measure, prepare, train_and_measure
+from tdakit.task import Task
+from tdakit.training.recipe import as_recipe
+from tdakit.data.sources import DataLike
 
 __all__ = ["SubsetResult", "subset_masks", "subset_retraining"]
 
@@ -48,7 +49,7 @@ def subset_masks(n: int, n_subsets: int, fraction: float, seed: int = 0) -> torc
 
 
 def subset_retraining(
-    recipe: TrainingRecipe,
+    recipe: Any,
     train: DataLike,
     queries: DataLike,
     *,
@@ -57,7 +58,8 @@ def subset_retraining(
     n_models: int = 1,
     seed: int = 0,
     model_seed: int = 0,
-    measurement: str | int = "loss",
+    measurement: str | int | None = None,
+    task: Task | None = None,
     executor: Executor | None = None,
 ) -> SubsetResult:
     """Train ``n_models`` models on each of ``n_subsets`` random subsets; record query losses.
@@ -67,7 +69,9 @@ def subset_retraining(
     """
     require(n_models >= 1, f"n_models must be >= 1, got {n_models}.")
     executor = executor or Executor()
-    data = prepare(train, queries, measurement)
+    recipe = as_recipe(recipe)
+    measure = make_measure(recipe, measurement, task)
+    data = prepare(train, queries, measure)
     masks = subset_masks(data.n, n_subsets, fraction, seed)
     seeds = model_seed + torch.arange(n_subsets * n_models).reshape(n_subsets, n_models)
     jobs = [
@@ -75,10 +79,10 @@ def subset_retraining(
             train_and_measure,
             (recipe, data.X, data.y, data.Xq, data.yq),
             {
-                "keep": masks[m],
+                "keep": masks[m].nonzero().squeeze(1),
                 "init_seed": int(seeds[m, r]),
                 "batch_seed": int(seeds[m, r]),
-                "measurement": measurement,
+                "measure": measure,
                 "device": data.device,
             },
             name=f"subset {m} model {r}",
@@ -100,6 +104,6 @@ def subset_retraining(
         "n_models": n_models,
         "seed": seed,
         "model_seed": model_seed,
-        "measurement": measurement,
+        **measure.config(),
     }
     return SubsetResult(masks, all_losses.mean(1), all_losses, seeds, config)

@@ -1,31 +1,78 @@
 """The one contract every attribution method follows.
 
 ``fit(train)`` -> ``scores(queries)`` ``[n_query, n_train]`` / ``top_k(queries, k)`` /
-``self_scores()`` ``[n_train]``; positive scores mean the training example helped.
+``self_scores()`` ``[n_train]`` / ``iter_blocks(queries)``; positive scores mean the
+training example helped. Data are read as a :class:`~tdakit.data.sources.Source`: batch by
+batch, never copied; queries are processed ``query_block`` at a time.
 
-Most methods are *feature methods*: a score is ``scale * <prepare(q), t_i>`` where
-``t_i`` are train features fitted once (optionally kept in a feature store) and
-``prepare`` applies the method's preconditioner to query features.
+Configuration lives in the constructor (stored under the argument names, as in
+scikit-learn); ``fit`` does the work and sets attributes ending in ``_``.
+``get_params`` / ``to_config`` / ``clone`` rebuild a method from its configuration.
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
-from tdakit.errors import TdakitError, require
-from tdakit.features.projection import Projector
-from tdakit.inputs import DataLike, as_tensors
-from tdakit.scoring import dense_scores, streaming_top_k, train_blocks
+from tdakit.data.sources import Batch, DataLike, Source, as_source
+from tdakit.errors import ConfigError, NotFittedError, require
+from tdakit.scoring import ScoreBlock, TopK, check_k
 from tdakit.task import Task
+
+TrainBlocks = Iterator[tuple[int, int, torch.Tensor]]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{name} must be a positive int, got {value!r}.",
+    )
+    return value
+
+
+def plain(value: Any) -> Any:
+    """A configuration value as plain data (numbers, strings, lists, dicts)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "to_config"):
+        return value.to_config()
+    if hasattr(value, "config") and not callable(value.config):
+        return value.config
+    raise ConfigError(f"{type(value).__name__} is not plain data and cannot go into a config.")
 
 
 class AttributionMethod(ABC):
-    """Base class: subclasses implement :meth:`_fit` and :meth:`_score_fn`."""
+    """Base class; subclasses implement :meth:`_fit`, :meth:`_query_state` and
+    :meth:`_train_scores` (see :class:`FeatureMethod` for the usual composition).
 
-    name = "method"
+    Args:
+        task: the model and its losses.
+        batch_size: examples per featurisation batch (memory of per-example gradients).
+        block_size: training examples per score block.
+        query_block: queries scored together (their features are held at once).
+        progress: show progress bars.
+    """
+
+    name: ClassVar[str] = ""  # registry name
+    # Constructor arguments that are objects, not configuration: not in to_config(),
+    # passed again to from_config (checkpoints, training recipes).
+    runtime_params: ClassVar[tuple[str, ...]] = ()
+    # How per-model scores combine into the score: "sum" (TracIn) or "mean" (TRAK).
+    ensemble_reduction: ClassVar[str] = "sum"
 
     def __init__(
         self,
@@ -33,6 +80,7 @@ class AttributionMethod(ABC):
         *,
         batch_size: int = 128,
         block_size: int = 4096,
+        query_block: int = 1024,
         progress: bool = False,
     ) -> None:
         require(
@@ -40,157 +88,145 @@ class AttributionMethod(ABC):
             f"{type(self).__name__} needs a tdakit.Task, got {type(task).__name__}; "
             "wrap your model with tda.Task(model, loss=...).",
         )
-        require(
-            batch_size > 0 and block_size > 0,
-            f"batch_size and block_size must be positive (got {batch_size}, {block_size}).",
-        )
-        self.task, self.batch_size, self.block_size, self.progress = (
-            task,
-            batch_size,
-            block_size,
-            progress,
-        )
-        self._train: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.task = task
+        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.block_size = _positive_int(block_size, "block_size")
+        self.query_block = _positive_int(query_block, "query_block")
+        require(isinstance(progress, bool), f"progress must be True or False, got {progress!r}.")
+        self.progress = progress
+        self.train_: Source | None = None
+
+    # --- configuration ------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """The constructor arguments (except ``task``) as stored on the method."""
+        names: list[str] = []
+        for cls in type(self).__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.name in ("self", "task") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    continue
+                if p.name not in names:
+                    names.append(p.name)
+        return {n: getattr(self, n) for n in names}
+
+    def to_config(self) -> dict[str, Any]:
+        """``{"method": name, **options}`` as plain data (objects such as checkpoints are
+        left out; pass them again to :func:`tdakit.methods.from_config`)."""
+        params = {k: v for k, v in self.get_params().items() if k not in self.runtime_params}
+        return {"method": self.name, **{k: plain(v) for k, v in params.items()}}
+
+    def clone(self, task: Task | None = None, **overrides: Any) -> AttributionMethod:
+        """An unfitted copy with the same configuration, on ``task`` (default: the same)."""
+        from tdakit.methods.registry import from_config
+
+        config = self.to_config()
+        unknown = sorted(set(overrides) - set(self.get_params()))
+        require(not unknown, f"Unknown option(s) {unknown} for {type(self).__name__}.")
+        runtime = {k: getattr(self, k) for k in self.runtime_params}
+        runtime.update({k: v for k, v in overrides.items() if k in self.runtime_params})
+        config.update({k: v for k, v in overrides.items() if k not in self.runtime_params})
+        return from_config(config, task or self.task, **runtime)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_config()})"
 
     # --- the contract ------------------------------------------------------------------
     def fit(self, train: DataLike) -> AttributionMethod:
-        """Fit on the training set (a tuple ``(X, y)``, a Dataset or a DataLoader)."""
-        X, y = as_tensors(train, "train")
-        self._train = (X, y)
-        self._fit(X, y)
+        """Fit on the training set (a tuple ``(X, y)``, a Dataset, a DataLoader)."""
+        source = as_source(train, "train")
+        self.train_ = source
+        self._fit(source)
         return self
+
+    @property
+    def n_train(self) -> int:
+        return len(self._fitted_source())
+
+    def iter_blocks(self, queries: DataLike, *, per_model: bool = False) -> Iterator[ScoreBlock]:
+        """Score blocks in order: query blocks, each over all training blocks.
+
+        With ``per_model=True`` (ensembles: TracIn, TRAK) the values are ``[M, q, t]``, one
+        slice per model, combining by ``ensemble_reduction`` into the scores.
+        """
+        for q0, q1, state in self._query_states(queries):
+            for t0, t1, S in self._train_scores(state, per_model):
+                yield ScoreBlock(q0, q1, t0, t1, S)
 
     def scores(self, queries: DataLike) -> torch.Tensor:
         """Scores ``[n_query, n_train]``; positive = the train example helped the query."""
-        fn, n_query = self._score_fn(*self._queries(queries))
-        return dense_scores(fn, n_query, self.n_train, self.block_size)
+        n_query = len(as_source(queries, "query"))
+        out = None
+        for b in self.iter_blocks(queries):
+            if out is None:
+                out = torch.empty(n_query, self.n_train, dtype=b.values.dtype,
+                                  device=b.values.device)  # fmt: skip
+            out[b.q0 : b.q1, b.t0 : b.t1] = b.values
+        assert out is not None
+        return out
 
     def top_k(
         self, queries: DataLike, k: int = 10, *, opponents: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Indices and scores ``[n_query, k]`` of the top proponents (or opponents), best first.
-
-        Streams over blocks of training examples; the dense matrix is never built.
-        """
-        fn, _ = self._score_fn(*self._queries(queries))
-        return streaming_top_k(fn, self.n_train, k, self.block_size, largest=not opponents)
+        """Indices and scores ``[n_query, k]`` of the top proponents (or opponents), best
+        first; streamed over score blocks (the dense matrix is never built)."""
+        check_k(k, self.n_train)
+        idx, val = [], []
+        for _, _, state in self._query_states(queries):
+            top = TopK(k, largest=not opponents)
+            for t0, _, S in self._train_scores(state, False):
+                top.update(t0, S)
+            i, v = top.result()
+            idx.append(i)
+            val.append(v)
+        return torch.cat(idx), torch.cat(val)
 
     def self_scores(self) -> torch.Tensor:
-        """``S[i, i]``: each training example's score for itself as the query ``[n_train]``."""
-        X, y = self._fitted_train()
+        """``S[i, i]``: each training example's score with itself as the query ``[n_train]``."""
+        source = self._fitted_source()
         out = []
-        for start in range(0, len(X), self.block_size):
-            stop = min(start + self.block_size, len(X))
-            fn, _ = self._score_fn(X[start:stop], y[start:stop])
-            out.append(torch.diagonal(fn(start, stop)))
+        for group in _grouped(source.batches(self.task, self.batch_size), self.query_block):
+            start, stop = group[0].start, group[-1].stop
+            S = self._train_range(self._query_state(group), start, stop)
+            out.append(S)
         return torch.cat(out)
 
     # --- for subclasses -----------------------------------------------------------------
     @abstractmethod
-    def _fit(self, X: torch.Tensor, y: torch.Tensor) -> None: ...
+    def _fit(self, source: Source) -> None: ...
 
     @abstractmethod
-    def _score_fn(self, Xq: torch.Tensor, yq: torch.Tensor):
-        """Return ``(score_block(start, stop) -> [n_query, stop-start], n_query)``."""
-
-    @property
-    def n_train(self) -> int:
-        return len(self._fitted_train()[0])
-
-    def _fitted_train(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._train is None:
-            raise TdakitError(f"{type(self).__name__} is not fitted: call .fit(train) first.")
-        return self._train
-
-    def _queries(self, queries: DataLike) -> tuple[torch.Tensor, torch.Tensor]:
-        X, y = as_tensors(queries, "query")
-        Xt, _ = self._fitted_train()
-        require(
-            X.shape[1:] == Xt.shape[1:],
-            f"Query inputs have shape {tuple(X.shape[1:])} per example but the training "
-            f"inputs have {tuple(Xt.shape[1:])}; they must match.",
-        )
-        return X, y
-
-
-class FeatureMethod(AttributionMethod):
-    """Scores ``scale * <prepare(query features), train features>`` in blocks.
-
-    Subclasses implement :meth:`_features`; optionally :meth:`_prepare` (preconditioner
-    applied to query features), :meth:`_finish_train` and :attr:`scale`.
-    """
-
-    scale: float = 1.0
-
-    def __init__(
-        self,
-        task: Task | None,
-        *,
-        projection: Projector | None = None,
-        cache_dir: str | Path | None = None,
-        **kw,
-    ) -> None:
-        super().__init__(task, **kw)
-        self.projector = projection
-        self.cache_dir = None if cache_dir is None else Path(cache_dir)
-        self.train_features: torch.Tensor | None = None
+    def _query_state(self, batches: list[Batch]) -> Any:
+        """Whatever the score blocks need about a group of query batches."""
 
     @abstractmethod
-    def _features(self, X: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
-        """Features ``[n, d]`` of examples as training points or as queries."""
+    def _train_scores(self, state: Any, per_model: bool) -> TrainBlocks:
+        """``(t0, t1, scores [n_q, t1 - t0] or [M, n_q, t1 - t0])`` over all training blocks."""
 
-    def _fit(self, X: torch.Tensor, y: torch.Tensor) -> None:
-        self.train_features = self._finish_train(self._train_features(X, y))
+    @abstractmethod
+    def _train_range(self, state: Any, start: int, stop: int) -> torch.Tensor:
+        """Diagonal scores of queries that are training examples ``[start, stop)``."""
 
-    def _train_features(self, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.cache_dir is None:
-            return self._features(X, y, "train")
-        from tdakit.features.cache import cached_features
+    def _query_states(self, queries: DataLike) -> Iterator[tuple[int, int, Any]]:
+        self._fitted_source()
+        source = as_source(queries, "query")
+        for group in _grouped(source.batches(self.task, self.batch_size), self.query_block):
+            yield group[0].start, group[-1].stop, self._query_state(group)
 
-        return cached_features(self, X, y)
+    def _fitted_source(self) -> Source:
+        if self.train_ is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call .fit(train) first.")
+        return self.train_
 
-    def _finish_train(self, T: torch.Tensor) -> torch.Tensor:
-        return T
 
-    def _prepare(self, Q: torch.Tensor) -> torch.Tensor:
-        return Q
-
-    def cache_config(self) -> dict:
-        """What, besides model and data, determines the train features (cache key)."""
-        return {
-            "method": type(self).__name__,
-            "projection": None if self.projector is None else self.projector.config,
-        }
-
-    def scores(self, queries: DataLike) -> torch.Tensor:
-        # The result is dense anyway: one product beats assembling blocks.
-        Q = self._query_side(*self._queries(queries))
-        return self.scale * (Q @ self._fitted_features().T)
-
-    def self_scores(self) -> torch.Tensor:
-        X, y = self._fitted_train()
-        T = self._fitted_features()
-        out = [
-            self.scale * (self._query_side(X[a:b], y[a:b]) * T[a:b]).sum(1)
-            for a, b in train_blocks(len(X), self.block_size)
-        ]
-        return torch.cat(out)
-
-    def _fitted_features(self) -> torch.Tensor:
-        if self.train_features is None:
-            raise TdakitError(f"{type(self).__name__} is not fitted: call .fit(train) first.")
-        return self.train_features
-
-    def _query_side(self, Xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
-        T = self._fitted_features()
-        return self._prepare(self._features(Xq, yq, "query")).to(T.dtype)
-
-    def _score_fn(self, Xq: torch.Tensor, yq: torch.Tensor):
-        T = self._fitted_features()
-        Q = self._query_side(Xq, yq)
-        scale = self.scale
-
-        def block(start: int, stop: int) -> torch.Tensor:
-            return scale * (Q @ T[start:stop].T)
-
-        return block, len(Q)
+def _grouped(batches: Iterable[Batch], rows: int) -> Iterator[list[Batch]]:
+    """Consecutive batches grouped into lists of at least ``rows`` examples (last: fewer)."""
+    group: list[Batch] = []
+    for b in batches:
+        group.append(b)
+        if group[-1].stop - group[0].start >= rows:
+            yield group
+            group = []
+    if group:
+        yield group

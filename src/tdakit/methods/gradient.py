@@ -1,4 +1,4 @@
-"""First-order gradient methods: Grad-Dot, Grad-Cos and TracIn-CP (METHODS.md §2).
+"""First-order gradient methods: Grad-Dot, Grad-Cos and TracIn-CP (docs/methods.md).
 
 Train features are ``g_i = grad loss(z_i)``; query features ``g_q = grad m(z_q)`` of the
 loss-like query objective, so ``g_q . g_i > 0`` means a gradient step on ``z_i`` lowers
@@ -13,45 +13,12 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from tdakit.data.sources import Batch
 from tdakit.errors import require
-from tdakit.features.grads import gradient_features
-from tdakit.features.projection import Projector, make_projector
-from tdakit.methods.base import FeatureMethod
+from tdakit.features.grads import batch_gradients, gradient_path
+from tdakit.methods.feature_method import FeatureMethod
+from tdakit.methods.registry import register
 from tdakit.task import Task
-
-
-class GradDot(FeatureMethod):
-    """``S[q, i] = g_q . g_i`` at the final parameters (TracIn at one checkpoint).
-
-    Args:
-        task: the model and losses.
-        projection: ``None`` (exact gradients), a target dimension, or a :class:`Projector`.
-        projection_kind, seed: kind and seed of the projection when ``projection`` is an int.
-        cache_dir: keep train features in a content-keyed feature store there.
-    """
-
-    def __init__(
-        self,
-        task: Task,
-        *,
-        projection: Projector | int | None = None,
-        projection_kind: str = "rademacher",
-        seed: int = 0,
-        **kw,
-    ) -> None:
-        super().__init__(task, projection=make_projector(projection, projection_kind, seed), **kw)
-
-    def _features(self, X: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
-        return gradient_features(
-            self.task,
-            X,
-            y,
-            objective=objective,
-            projector=self.projector,
-            batch_size=self.batch_size,
-            progress=self.progress,
-            desc=f"{type(self).__name__} {objective} gradients",
-        )
 
 
 def unit_rows(F: torch.Tensor) -> torch.Tensor:
@@ -60,25 +27,57 @@ def unit_rows(F: torch.Tensor) -> torch.Tensor:
     return F / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+@register
+class GradDot(FeatureMethod):
+    """``S[q, i] = g_q . g_i`` at the final parameters (TracIn at one checkpoint).
+
+    Takes the options of :class:`~tdakit.methods.feature_method.FeatureMethod`
+    (``projection``, ``storage``, ``cache_dir``, ...) and
+    :class:`~tdakit.methods.base.AttributionMethod` (``batch_size``, ``progress``, ...).
+    ``gradient_path`` tells how per-example gradients were computed (``"layers"``,
+    ``"vmap"`` or ``"loop"``).
+    """
+
+    name = "grad_dot"
+
+    def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
+        return batch_gradients(
+            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
+            projector=self.projector, start=batch.start,
+        )  # fmt: skip
+
+    @property
+    def gradient_path(self) -> dict[str, str | None]:
+        return {o: gradient_path(self.task, o) for o in ("train", "query")}  # type: ignore[arg-type]
+
+
+@register
 class GradCos(GradDot):
     """``S[q, i] = g_q . g_i / (|g_q| |g_i|)``: Grad-Dot without the gradient-norm bias."""
 
-    def _finish_train(self, T: torch.Tensor) -> torch.Tensor:
+    name = "grad_cos"
+
+    def _train_view(self, T: torch.Tensor) -> torch.Tensor:
         return unit_rows(T)
 
-    def _prepare(self, Q: torch.Tensor) -> torch.Tensor:
+    def _query_view(self, Q: torch.Tensor) -> torch.Tensor:
         return unit_rows(Q)
 
 
+@register
 class TracIn(GradDot):
     """TracIn-CP: ``S[q, i] = sum_t lr_t * g_q(theta_t) . g_i(theta_t)``.
 
-    Implemented as Grad-Dot on the concatenation over checkpoints of ``sqrt(lr_t) g(theta_t)``.
+    Grad-Dot on the concatenation over checkpoints of ``sqrt(lr_t) g(theta_t)``;
+    ``iter_blocks(..., per_model=True)`` gives the per-checkpoint terms (they sum to the score).
 
     Args:
         checkpoints: state dicts, or modules of the task's architecture.
         lrs: the learning rate in effect at each checkpoint (one per checkpoint, > 0).
     """
+
+    name = "tracin"
+    runtime_params = ("checkpoints",)
 
     def __init__(
         self,
@@ -97,32 +96,31 @@ class TracIn(GradDot):
             "pass one learning rate per checkpoint.",
         )
         require(
-            all(lr > 0 and math.isfinite(lr) for lr in lrs),
+            all(isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr) for lr in lrs),
             f"TracIn learning rates must be positive and finite, got {lrs}.",
         )
+        self.checkpoints, self.lrs = checkpoints, [float(lr) for lr in lrs]
         self.tasks = [task.at(c) for c in checkpoints]
-        self.lrs = lrs
 
-    def cache_config(self) -> dict:
+    def feature_config(self) -> dict:
         return {
-            **super().cache_config(),
+            **super().feature_config(),
             "lrs": self.lrs,
             "checkpoints": [t.fingerprint() for t in self.tasks],
         }
 
-    def _features(self, X: torch.Tensor, y: torch.Tensor, objective: str) -> torch.Tensor:
+    def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         parts = [
-            math.sqrt(lr)
-            * gradient_features(
-                t,
-                X,
-                y,
-                objective=objective,
-                projector=self.projector,
-                batch_size=self.batch_size,
-                progress=self.progress,
-                desc=f"TracIn checkpoint {c} {objective}",
+            math.sqrt(lr) * batch_gradients(
+                t, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
+                projector=self.projector, start=batch.start,
             )
-            for c, (t, lr) in enumerate(zip(self.tasks, self.lrs, strict=True))
-        ]
+            for t, lr in zip(self.tasks, self.lrs, strict=True)
+        ]  # fmt: skip
         return torch.cat(parts, dim=1)
+
+    def _model_slices(self) -> list[slice]:
+        features = self.features_
+        assert features is not None
+        d = features.dim // len(self.tasks)
+        return [slice(m * d, (m + 1) * d) for m in range(len(self.tasks))]

@@ -22,7 +22,7 @@ from tdakit.metrics.stats import (
     bootstrap_statistic,
     summarise,
 )
-from tdakit.scoring import train_blocks
+from tdakit.scoring import row_blocks as train_blocks
 
 _ROW_ELEMENTS = 8_000_000  # score entries ranked at once
 

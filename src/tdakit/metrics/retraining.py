@@ -15,11 +15,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import require
-from tdakit.groundtruth.loop import seeded_rng
+from tdakit.training.loop import seeded_rng
 from tdakit.metrics import _inputs as check
 from tdakit.metrics.functional import spearman_rows
 from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci, compare, summarise
-from tdakit.task import cross_entropy, eval_mode, squared_error
+from tdakit.losses import cross_entropy, squared_error
+from tdakit.task import eval_mode
 
 __all__ = [
     "coreset_selection",

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tdakit.errors import require
-from tdakit.fileio import atomic_write
+from tdakit.storage.fileio import atomic_write
 from tdakit.report.agreement import agreement_matrix
 from tdakit.report.explain import Ranking, explanation_html
 from tdakit.report.plots import data_uri, figure_png, heatmap_figure

@@ -7,9 +7,15 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from tdakit.curvature.operators import CurvatureOperator
-from tdakit.curvature.solvers import check_damping, check_finite_result, not_positive_definite
-from tdakit.errors import TdakitError, require
+from tdakit.errors import NumericalError, require
+from tdakit.preconditioners.base import (
+    Curvature,
+    Preconditioner,
+    check_finite_result,
+    check_option,
+    not_positive_definite,
+)
+from tdakit.preconditioners.operators import CurvatureOperator
 
 COMPLEMENTS = ("drop", "damping")
 NEGATIVE = ("raise", "clamp")
@@ -45,7 +51,7 @@ def arnoldi_eigs(
                 u, _ = _orthogonalise(u, V)
             if float(u.norm()) > 1e-3:
                 return u / u.norm()
-        raise TdakitError("Arnoldi could not extend the Krylov basis; use a smaller krylov_dim.")
+        raise NumericalError("Arnoldi could not extend the Krylov basis; use a smaller krylov_dim.")
 
     V = torch.empty(0, P, device=dev, dtype=dt)
     coeffs = torch.zeros(m, m, dtype=torch.float64, device=dev)
@@ -67,7 +73,7 @@ def arnoldi_eigs(
     return mu, vecs
 
 
-class ArnoldiSolver:
+class Arnoldi(Preconditioner):
     """``(C + lam I)^{-1}`` in the span of the top-``rank`` eigenvectors of ``C``.
 
     ``apply(g) = U diag(1 / (mu + lam)) U^T g`` (+ ``(I - U U^T) g / lam`` when
@@ -80,49 +86,65 @@ class ArnoldiSolver:
     clamped to ``mu = 0`` (``negative="clamp"``, needs ``lam > 0``). Never returns NaN.
     """
 
+    name = "arnoldi"
+    curvatures = ("ggn", "hessian", "fisher")
+
     def __init__(
         self,
-        op: CurvatureOperator,
-        damping: float,
         *,
         rank: int = 50,
         krylov_dim: int | None = None,
         complement: str = "drop",
         negative: str = "raise",
         seed: int = 0,
-        progress: bool = False,
     ) -> None:
-        require(isinstance(rank, int) and rank > 0, f"rank must be a positive int, got {rank!r}.")
+        self.rank = check_option(rank, "rank", int, 0)
+        self.krylov_dim = None if krylov_dim is None else check_option(
+            krylov_dim, "krylov_dim", int, 0)  # fmt: skip
         require(complement in COMPLEMENTS, f"complement must be one of {COMPLEMENTS}.")
         require(negative in NEGATIVE, f"negative must be one of {NEGATIVE}.")
-        lam = check_damping(damping)
+        self.complement, self.negative = complement, negative
+        self.seed = check_option(seed, "seed", int)
+        self.eigenvalues_: torch.Tensor | None = None
+        self.eigenvectors_: torch.Tensor | None = None
+
+    def options(self) -> dict:
+        return {"rank": self.rank, "krylov_dim": self.krylov_dim, "complement": self.complement,
+                "negative": self.negative, "seed": self.seed}  # fmt: skip
+
+    def fit(self, curvature: Curvature) -> Arnoldi:
+        op = curvature.operator()
+        lam = curvature.resolve(op=op)
         require(
-            complement == "drop" or lam > 0,
+            self.complement == "drop" or lam > 0,
             "complement='damping' applies 1/λ outside the eigenspace: it needs damping > 0.",
         )
         P = op.num_params
-        rank = min(rank, P)
-        m = min(P, krylov_dim if krylov_dim is not None else 2 * rank + 20)
+        rank = min(self.rank, P)
+        m = min(P, self.krylov_dim if self.krylov_dim is not None else 2 * rank + 20)
         require(m >= rank, f"krylov_dim ({m}) must be at least rank ({rank}).")
-        mu, vecs = arnoldi_eigs(op, m, seed, progress)
+        mu, vecs = arnoldi_eigs(op, m, self.seed, curvature.progress)
         mu, vecs = mu[-rank:], vecs[-rank:]
         floor = torch.finfo(op.task.dtype).eps * P * (float(mu.abs().max()) + lam)
         bad = mu + lam <= floor
         if bool(bad.any()):
-            if negative == "raise" or lam <= 0:
-                raise TdakitError(
+            if self.negative == "raise" or lam <= 0:
+                raise NumericalError(
                     not_positive_definite(op.kind, lam, float(mu.min()), " on the Krylov space")
                     + " Or pass negative='clamp' (with damping > 0) to set those eigenvalues to 0."
                 )
             mu = mu.clamp_min(0.0)
-        self.eigenvalues, self.eigenvectors = mu, vecs
-        self.damping, self.complement = lam, complement
-        self.inv = (1.0 / (mu + lam)).to(vecs.dtype)
+        self.eigenvalues_, self.eigenvectors_ = mu, vecs
+        self.damping_ = lam
+        self._inv = (1.0 / (mu + lam)).to(vecs.dtype)
+        return self
 
     def apply(self, G: torch.Tensor) -> torch.Tensor:
-        U = self.eigenvectors.to(G.dtype)
+        self._check_fitted(self.eigenvectors_ is not None)
+        assert self.eigenvectors_ is not None
+        U = self.eigenvectors_.to(G.dtype)
         coef = G @ U.T
-        out = (coef * self.inv.to(G.dtype)) @ U
+        out = (coef * self._inv.to(G.dtype)) @ U
         if self.complement == "damping":
-            out = out + (G - coef @ U) / self.damping
+            out = out + (G - coef @ U) / float(self.damping_)  # type: ignore[arg-type]
         return check_finite_result(out, "arnoldi")

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from tdakit.errors import TdakitError, require
-from tdakit.fileio import (
+from tdakit.errors import StoreError, require
+from tdakit.storage.fileio import (
     TMP_RE,
     HashingWriter,
     atomic_write,
@@ -120,7 +120,7 @@ class FeatureStore:
         try:
             meta = json.loads(canonical_json(meta))
         except (TypeError, ValueError) as exc:
-            raise TdakitError(
+            raise StoreError(
                 f"FeatureStore.open: meta must be JSON-serialisable (no NaN): {exc}; "
                 "store fingerprints and config values as strings or numbers"
             ) from exc
@@ -137,7 +137,7 @@ class FeatureStore:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TdakitError(f"cannot create feature store directory {directory}: {exc}") from exc
+            raise StoreError(f"cannot create feature store directory {directory}: {exc}") from exc
         remove_stale_temps(directory)
         data = json.dumps(manifest, sort_keys=True, indent=1).encode()
         if not atomic_write(directory / _MANIFEST, lambda f: f.write(data), exclusive=True):
@@ -149,6 +149,7 @@ class FeatureStore:
                 f"differing keys: {'; '.join(diffs)}. Use a different cache directory (e.g. "
                 "named with tdakit.features.store.cache_key(...)) or delete it with "
                 f"FeatureStore.clear({str(directory)!r})",
+                StoreError,
             )
         return cls(directory, manifest)
 
@@ -160,6 +161,7 @@ class FeatureStore:
             (directory / _MANIFEST).is_file(),
             f"no feature store at {directory} (manifest.json missing); create it with "
             "FeatureStore.open(path, n_rows, dim, ...) and fill it first",
+            StoreError,
         )
         manifest = cls._read_manifest(directory)
         remove_stale_temps(directory)
@@ -172,17 +174,19 @@ class FeatureStore:
         try:
             m = json.loads(where.read_text())
         except (OSError, ValueError) as exc:
-            raise TdakitError(f"corrupted feature store manifest {where}: {exc}; {fix}") from exc
+            raise StoreError(f"corrupted feature store manifest {where}: {exc}; {fix}") from exc
         ok = isinstance(m, dict) and m.get("format") == _FORMAT and m.get("dtype") in _DTYPES
         ok = ok and all(isinstance(m.get(k), int) and m[k] > 0 for k in _INT_KEYS)
         require(
             ok and isinstance(m.get("meta"), dict),
             f"corrupted or foreign feature store manifest {where}; {fix}",
+            StoreError,
         )
         require(
             m.get("version") == FORMAT_VERSION,
             f"feature store {directory} has format version {m.get('version')!r} but this "
             f"tdakit reads version {FORMAT_VERSION}; upgrade tdakit or recompute elsewhere",
+            StoreError,
         )
         return m
 
@@ -238,6 +242,7 @@ class FeatureStore:
         require(
             not self._cleared,
             f"feature store {self.path} was cleared; create it again with FeatureStore.open(...)",
+            StoreError,
         )
 
     # ----------------------------------------------------------------- completeness
@@ -283,6 +288,7 @@ class FeatureStore:
             not missing,
             f"feature store {self.path} is incomplete: {len(missing)} of {self.n_chunks} "
             f"chunks missing ({shown}); run store.fill(fn) (for each shard) to compute them",
+            StoreError,
         )
 
     # ----------------------------------------------------------------- writing
@@ -374,15 +380,16 @@ class FeatureStore:
         path, (start, stop) = self._npy(j), self.chunk_range(j)
         fix = f"delete it with store.drop_chunk({j}) or store.clear() and run store.fill(fn)"
         if check and file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
-            raise TdakitError(f"corrupted feature chunk {path}: sha256 mismatch; {fix}")
+            raise StoreError(f"corrupted feature chunk {path}: sha256 mismatch; {fix}")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise TdakitError(f"corrupted feature chunk {path}: {exc}; {fix}") from exc
+            raise StoreError(f"corrupted feature chunk {path}: {exc}; {fix}") from exc
         require(
             arr.shape == (stop - start, self.dim) and arr.dtype == self.dtype,
             f"corrupted feature chunk {path}: holds {arr.shape} {arr.dtype}, expected "
             f"{(stop - start, self.dim)} {self.dtype}; {fix}",
+            StoreError,
         )
         return arr
 
@@ -429,6 +436,7 @@ class FeatureStore:
             f"corrupted feature chunks in {self.path} (sha256 mismatch): {files}; delete "
             f"them with store.drop_chunk(j) for j in {bad[:10]} (or call store.clear()) and "
             "run store.fill(fn) to recompute",
+            StoreError,
         )
         return self
 

@@ -20,10 +20,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError, require
-from tdakit.task import cross_entropy, eval_mode, squared_error
+from tdakit.losses import resolve_loss
+from tdakit.task import eval_mode
 
 if TYPE_CHECKING:
-    from tdakit.groundtruth.recipe import TrainingRecipe
+    from tdakit.training.recipe import TrainingRecipe
 
 __all__ = ["TrainRun", "epoch_batches", "train_loop"]
 
@@ -73,8 +74,8 @@ def seeded_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _per_example(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    return cross_entropy if loss == "cross_entropy" else squared_error
+def _per_example(loss: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    return resolve_loss(loss)[1]
 
 
 class _FirstOrder:

@@ -8,13 +8,12 @@ Ray workers). Its contract, relied on by every oracle and by other tdakit module
 The initialisation seed and the batch-order seed are separate knobs. Batch order is paired
 across subsets: each epoch draws one permutation of *all* ``len(X)`` positions and keeps the
 positions in ``indices`` in that order, so a run without ``z_i`` sees the full run's batch
-order with ``i`` deleted (see :func:`tdakit.groundtruth.loop.epoch_batches`).
+order with ``i`` deleted (see :func:`tdakit.training.loop.epoch_batches`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import pickle
@@ -26,15 +25,16 @@ import torch
 from torch import nn
 
 from tdakit.errors import TdakitError, require
-from tdakit.groundtruth.loop import TrainRun, train_loop
-from tdakit.inputs import as_tensors
+from tdakit.fingerprints import describe_callable
+from tdakit.data.sources import to_tensors
+from tdakit.losses import LOSSES
+from tdakit.training.loop import TrainRun, train_loop
 from tdakit.task import load_weights
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainRun", "TrainingRecipe"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "FunctionRecipe", "TrainRun", "TrainingRecipe", "as_recipe"]
 
 OPTIMIZERS = ("sgd", "adam", "lbfgs")
 SCHEDULES = ("constant", "linear", "cosine")
-LOSSES = ("cross_entropy", "mse")
 
 ModelFactory = Callable[[int], nn.Module]
 
@@ -45,17 +45,6 @@ def _check(value: Any, name: str, low: float, *, integer: bool = False, strict: 
     ok = ok and (value > low if strict else value >= low)
     kind = "integer" if integer else "number"
     require(ok, f"{name} must be a finite {kind} {'>' if strict else '>='} {low}, got {value!r}.")
-
-
-def callable_name(fn: Callable) -> Any:
-    """A stable, JSON-able description of a picklable callable (for cache keys)."""
-    if isinstance(fn, functools.partial):
-        return {
-            "partial": callable_name(fn.func),
-            "args": [repr(a) for a in fn.args],
-            "kwargs": {k: repr(v) for k, v in sorted(fn.keywords.items())},
-        }
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 @dataclass(frozen=True)
@@ -92,7 +81,7 @@ class TrainingRecipe:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     in_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
-    loss: str = "cross_entropy"
+    loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "cross_entropy"
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -126,7 +115,11 @@ class TrainingRecipe:
                     "be sent to worker processes; use a module-level function or "
                     "functools.partial instead of a lambda or closure."
                 ) from err
-        require(self.loss in LOSSES, f"Unknown loss {self.loss!r}; use one of {LOSSES}.")
+        require(
+            self.loss in LOSSES or callable(self.loss),
+            f"Unknown loss {self.loss!r}; use one of {tuple(LOSSES)} or a picklable callable "
+            "loss(outputs, targets) -> [batch].",
+        )
         require(
             self.optimizer in OPTIMIZERS,
             f"Unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}.",
@@ -163,9 +156,10 @@ class TrainingRecipe:
         the cache directory) when you change what the factory builds.
         """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["model"] = self.model if isinstance(self.model, str) else callable_name(self.model)
+        out["model"] = self.model if isinstance(self.model, str) else describe_callable(self.model)
         out["model_kwargs"] = {k: repr(v) for k, v in sorted(self.model_kwargs.items())}
         out["in_shape"] = None if self.in_shape is None else list(self.in_shape)
+        out["loss"] = self.loss if isinstance(self.loss, str) else describe_callable(self.loss)
         return out
 
     def replace(self, **changes: Any) -> TrainingRecipe:
@@ -266,7 +260,7 @@ class TrainingRecipe:
                 after which ``measure(model)`` is called (``0`` = before training), in eval
                 mode without gradients; results in ``TrainRun.records`` in this order.
         """
-        X, y = as_tensors((X, y), "train")
+        X, y = to_tensors((X, y), "train")
         n = len(X)
         keep = _mask(indices, n, "indices")
         require(bool(keep.any()), "indices is empty: train on at least one example.")
@@ -292,8 +286,8 @@ class TrainingRecipe:
         )
 
 
-def _output_width(y: torch.Tensor, loss: str) -> int:
-    if loss == "cross_entropy":
+def _output_width(y: torch.Tensor, loss: Any) -> int:
+    if loss == "cross_entropy" or (callable(loss) and not y.is_floating_point()):
         require(
             not y.is_floating_point(),
             "cross_entropy needs integer labels; convert y with y.long().",
@@ -302,7 +296,7 @@ def _output_width(y: torch.Tensor, loss: str) -> int:
     return 1 if y.ndim == 1 else int(y[0].numel())
 
 
-def _targets(y: torch.Tensor, loss: str, X: torch.Tensor) -> torch.Tensor:
+def _targets(y: torch.Tensor, loss: Any, X: torch.Tensor) -> torch.Tensor:
     if loss == "cross_entropy":
         require(
             not y.is_floating_point() and y.ndim == 1,
@@ -335,3 +329,59 @@ def _mask(indices: Sequence[int] | torch.Tensor | None, n: int, name: str) -> to
     mask[idx] = True
     require(int(mask.sum()) == len(idx), f"{name} contains repeated positions; pass each once.")
     return mask
+
+
+class FunctionRecipe:
+    """A user's own training function as a recipe.
+
+    ``fn(X, y, indices, init_seed, batch_seed) -> nn.Module`` trains a fresh model on
+    ``X[indices], y[indices]``; ``indices`` is always a 1-D ``LongTensor`` of positions (all of
+    them when training on the full set). Seeds are plain ints; the function should use them
+    so that the same seeds give the same model. ``loss`` (a name or callable) is only needed
+    when an oracle measures the query loss without a ``task=``.
+    """
+
+    def __init__(self, fn: Callable[..., nn.Module], loss: Any = None) -> None:
+        require(callable(fn), f"A training function must be callable, got {type(fn).__name__}.")
+        self.fn, self.loss = fn, loss
+
+    def train(
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        indices: Sequence[int] | torch.Tensor | None = None,
+        init_seed: int = 0,
+        batch_seed: int = 0,
+    ) -> nn.Module:
+        keep = _mask(indices, len(X), "indices")
+        positions = keep.nonzero().squeeze(1)
+        model = self.fn(X, y, positions, int(init_seed), int(batch_seed))
+        require(
+            isinstance(model, nn.Module),
+            f"The training function {getattr(self.fn, '__name__', self.fn)!r} returned "
+            f"{type(model).__name__}; it must return the trained nn.Module.",
+        )
+        return model.eval()
+
+    def config(self) -> dict[str, Any]:
+        loss = self.loss if self.loss is None or isinstance(self.loss, str) else describe_callable(
+            self.loss)  # fmt: skip
+        return {"function": describe_callable(self.fn), "loss": loss}
+
+    def __repr__(self) -> str:
+        return f"FunctionRecipe({getattr(self.fn, '__qualname__', self.fn)!r})"
+
+
+def as_recipe(recipe: Any) -> Any:
+    """A :class:`TrainingRecipe` or any object with ``train(X, y, *, indices, init_seed,
+    batch_seed)`` as it is; a plain function as a :class:`FunctionRecipe`."""
+    if callable(getattr(recipe, "train", None)):
+        return recipe
+    if callable(recipe):
+        return FunctionRecipe(recipe)
+    raise TdakitError(
+        f"recipe must be a tdakit TrainingRecipe, an object with train(X, y, *, indices, "
+        f"init_seed, batch_seed), or a function train(X, y, indices, init_seed, batch_seed) "
+        f"-> model; got {type(recipe).__name__}."
+    )

@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from tdakit.errors import TdakitError, require
-from tdakit.groundtruth.loop import train_loop
-from tdakit.groundtruth.recipe import TrainingRecipe
+from tdakit.losses import LOSSES
+from tdakit.training.loop import train_loop
+from tdakit.training.recipe import TrainingRecipe
 from tdakit.task import eval_mode
 
 __all__ = ["LOSSES", "OPTIMIZERS", "TrainResult", "train_model"]
 
-LOSSES = ("cross_entropy", "mse")
 OPTIMIZERS = ("sgd", "adam")
 
 

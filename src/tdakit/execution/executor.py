@@ -40,10 +40,19 @@ import torch
 from tqdm.auto import tqdm
 
 from tdakit.errors import TdakitError, require
-from tdakit.groundtruth.recipe import callable_name
-from tdakit.inputs import fingerprint_tensors
+from tdakit.fingerprints import describe_callable
+from tdakit.batching import fingerprint as fingerprint_tensors
 
-__all__ = ["BACKENDS", "Job", "JobFailure", "Shared", "content_key", "describe", "run_jobs"]
+__all__ = [
+    "BACKENDS",
+    "Executor",
+    "Job",
+    "JobFailure",
+    "Shared",
+    "content_key",
+    "describe",
+    "run_jobs",
+]
 
 BACKENDS = ("local", "ray", "serial")
 CACHE_VERSION = 1  # bump when oracle jobs change meaning; old cache entries are then ignored
@@ -94,7 +103,7 @@ def describe(obj: Any) -> Any:
     if isinstance(obj, (list, tuple, range)):
         return [describe(v) for v in obj]
     if callable(obj):
-        return callable_name(obj)
+        return describe_callable(obj)
     raise TdakitError(
         f"Cannot build a content key from a {type(obj).__name__}; give the Job an explicit "
         "describe={...} of JSON-able values (str, numbers, lists, dicts, tensors)."
@@ -129,7 +138,7 @@ class Job:
         object.__setattr__(self, "kwargs", dict(self.kwargs))
         if not self.key:
             content = self.describe if self.describe is not None else [self.args, self.kwargs]
-            key = content_key(CACHE_VERSION, callable_name(self.fn), content)
+            key = content_key(CACHE_VERSION, describe_callable(self.fn), content)
             object.__setattr__(self, "key", key)
         if not self.name:
             object.__setattr__(self, "name", f"{getattr(self.fn, '__name__', 'job')}")
@@ -388,3 +397,32 @@ def _run_ray(jobs, pending, workers, address, done, failed) -> None:
     finally:
         if started:
             ray.shutdown()
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where and how oracle jobs run (see :func:`run_jobs`).
+
+    ``cache_dir`` keeps every finished retraining on disk, keyed by content, so a rerun
+    (or an interrupted one) only computes what is missing.
+    """
+
+    backend: str = "local"
+    workers: int = 2
+    cache_dir: str | os.PathLike | None = None
+    progress: bool = True
+    ray_address: str | None = None
+
+    def __post_init__(self) -> None:
+        require(self.backend in BACKENDS, f"Unknown backend {self.backend!r}; use {BACKENDS}.")
+
+    def run(self, jobs: Sequence[Job], desc: str = "jobs") -> list[Any]:
+        return run_jobs(
+            jobs,
+            backend=self.backend,
+            workers=self.workers,
+            cache_dir=self.cache_dir,
+            progress=self.progress,
+            ray_address=self.ray_address,
+            desc=desc,
+        )

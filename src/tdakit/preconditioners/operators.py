@@ -1,4 +1,5 @@
-"""Curvature of the MEAN training loss as an operator on flat parameter vectors.
+"""Curvature of the MEAN training loss as an operator on flat parameter vectors, streamed
+over the training data batch by batch (nothing of size ``[N, P]`` is ever held).
 
 ``kind`` selects the curvature:
 
@@ -8,30 +9,39 @@
 - ``"fisher"``: empirical Fisher ``F = (1/N) sum_i g_i g_i^T`` of per-example gradients.
 
 Flat vectors follow ``task.param_names`` order. ``mv`` takes ``[P]``, ``mm`` takes
-``[P, r]`` (``vmap`` over the columns); both sum over batches of the data and divide by N.
+``[P, r]`` (``vmap`` over the columns). Forward-mode products run with PyTorch's math
+attention kernel, the one that supports forward-mode AD.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
-from torch.func import grad, hessian, jacrev, jvp, vjp, vmap
+from torch.func import grad, hessian, jvp, vjp, vmap
 from tqdm.auto import tqdm
 
-from tdakit.errors import TdakitError, require
+from tdakit.data.sources import Batch, Source
+from tdakit.errors import DataError, require
 from tdakit.features.grads import flatten_blocks, per_example_grads
 from tdakit.features.projection import Projector
-from tdakit.inputs import batches, check_float_dtype, fingerprint_tensors
+from tdakit.preconditioners.base import KINDS
 from tdakit.task import Params, Task
 
-KINDS = ("hessian", "ggn", "fisher")
 MAX_EXPLICIT_PARAMS = 5000
 
 
-def check_kind(kind: str) -> str:
-    require(kind in KINDS, f"Unknown curvature {kind!r}; use one of {KINDS}.")
-    return kind
+@contextlib.contextmanager
+def forward_ad_kernels() -> Iterator[None]:
+    """Attention kernels that support forward-mode AD (the math implementation)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # pragma: no cover - older torch
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
 
 
 def unflatten(flat: torch.Tensor, params: Params) -> Params:
@@ -51,17 +61,17 @@ def check_explicit_size(num_params: int, limit: int, what: str = "explicit curva
         num_params <= limit,
         f"The {what} would be a {num_params} x {num_params} matrix, above the limit of "
         f"{limit} parameters. Use solver='cg', 'lissa', 'arnoldi', 'kfac' or 'ekfac', or "
-        "solver='projected' with projection=k, or attribute fewer parameters "
-        "(Task(..., params='last_layer')); raise max_explicit_params only if you have the memory.",
+        "tda.solvers.Projected(dim=k), or attribute fewer parameters "
+        "(Task(..., params='last_layer')); raise max_params only if you have the memory.",
     )
 
 
 class CurvatureOperator:
-    """Products with the curvature of the mean training loss over ``(X, y)``.
+    """Products with the curvature of the mean training loss over a data source.
 
     Args:
         task: model and loss; the curvature is taken w.r.t. ``task.param_names``.
-        X, y: the training data (kept on their device, moved batch by batch).
+        source: the training data, streamed batch by batch.
         kind: ``"hessian"``, ``"ggn"`` or ``"fisher"``.
         batch_size: examples per batch in each pass over the data.
         progress: show a progress bar for each pass (off by default: solvers make many).
@@ -70,21 +80,21 @@ class CurvatureOperator:
     def __init__(
         self,
         task: Task,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        kind: str = "hessian",
+        source: Source,
+        kind: str = "ggn",
         *,
         batch_size: int = 128,
         progress: bool = False,
     ) -> None:
-        check_float_dtype(X, task.dtype, "training")
-        require(len(X) == len(y) and len(X) > 0, "The curvature needs a non-empty (X, y).")
-        self.task, self.X, self.y = task, X, y
-        self.kind = check_kind(kind)
+        require(kind in KINDS, f"Unknown curvature {kind!r}; use one of {KINDS}.")
+        require(len(source) > 0, "The curvature needs a non-empty training set.", DataError)
+        self.task, self.source, self.kind = task, source, kind
         self.batch_size, self.progress = batch_size, progress
+        self.num_examples = len(source)
+        first = next(iter(source.batches(task, batch_size)))  # resolves and checks the task
+        del first
         self.params = task.params()
         self.num_params = task.num_params
-        self.num_examples = len(X)
 
     # --- products -------------------------------------------------------------------------
     def mv(self, v: torch.Tensor) -> torch.Tensor:
@@ -98,46 +108,44 @@ class CurvatureOperator:
             f"Expected a block of vectors [P={self.num_params}, r], got {tuple(V.shape)}.",
         )
         rows = V.T.to(device=self.task.device, dtype=self.task.dtype)
-        X, y = (self.X, self.y) if indices is None else (self.X[indices], self.y[indices])
+        source = self.source if indices is None else self.source.subset(indices)
         out = torch.zeros_like(rows)
-        for xb, yb in self._batches(X, y):
-            out += self._batch_rows(rows, xb, yb)
-        return (out / len(X)).T
+        for b in self.batches(source):
+            out += self._batch_rows(rows, b)
+        return (out / len(source)).T
 
-    def _batches(self, X: torch.Tensor, y: torch.Tensor):
-        task = self.task
-        it = batches(X, y, self.batch_size, task.device, task.dtype)
-        total = -(-len(X) // self.batch_size)
-        desc = f"{self.kind} products"
-        for _, _, xb, yb in tqdm(
-            it, total=total, desc=desc, disable=not self.progress, leave=False
-        ):
-            yield xb, yb
+    def batches(self, source: Source | None = None) -> Iterator[Batch]:
+        source = self.source if source is None else source
+        total = -(-len(source) // self.batch_size)
+        it = source.batches(self.task, self.batch_size)
+        yield from tqdm(it, total=total, desc=f"{self.kind} products",
+                        disable=not self.progress, leave=False)  # fmt: skip
 
-    def _batch_rows(self, rows: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    def _batch_rows(self, rows: torch.Tensor, b: Batch) -> torch.Tensor:
         """Sum over the batch of the curvature times each row of ``rows`` ``[r, P]``."""
         task, params = self.task, self.params
         if self.kind == "fisher":
-            G = flatten_blocks(per_example_grads(task, xb, yb, "train"))
+            G = flatten_blocks(per_example_grads(task, b.inputs, b.targets, "train"))
             return (rows @ G.T) @ G
         tangents = unflatten(rows, params)
         if self.kind == "hessian":
-            grad_fn = grad(lambda p: task.losses(p, xb, yb).sum())
+            grad_fn = grad(lambda p: task.losses(p, b.inputs, b.targets).sum())
 
             def one(v: Params) -> Params:
                 return jvp(grad_fn, (params,), (v,))[1]
 
         else:
-            outputs = _output_fn(task, xb)
+            outputs = _output_fn(task, b.inputs)
             out, pullback = vjp(outputs, params)
-            loss_grad = grad(lambda o: task._loss(o, yb).sum())
+            loss_grad = grad(lambda o: task._loss(o, b.targets).sum())
 
             def one(v: Params) -> Params:
                 Jv = jvp(outputs, (params,), (v,))[1]
                 HJv = jvp(loss_grad, (out,), (Jv,))[1]
                 return pullback(HJv)[0]
 
-        return flatten_blocks(vmap(one)(tangents))
+        with forward_ad_kernels():
+            return flatten_blocks(vmap(one)(tangents))
 
     # --- explicit and projected matrices --------------------------------------------------
     def matrix(self, max_params: int = MAX_EXPLICIT_PARAMS, chunk: int = 256) -> torch.Tensor:
@@ -160,16 +168,15 @@ class CurvatureOperator:
             self.kind in ("ggn", "fisher"),
             f"A projected curvature is available for 'ggn' and 'fisher', not {self.kind!r}.",
         )
-        task, params = self.task, self.params
+        task = self.task
         M = None
-        for xb, yb in self._batches(self.X, self.y):
+        for b in self.batches():
             if self.kind == "fisher":
-                blocks = per_example_grads(task, xb, yb, "train")
-                Phi = _project(blocks, projector)
+                Phi = project(per_example_grads(task, b.inputs, b.targets, "train"), projector)
                 part = Phi.T @ Phi
             else:
-                Phi, Hout = tangent_features(task, params, xb, yb, projector)
-                part = torch.einsum("bci,bcd,bdj->ij", Phi, Hout, Phi)
+                Phi, Hout = tangent_features(task, b.inputs, b.targets, projector)
+                part = torch.einsum("bci,bcd,bdj->ij", Phi, Hout.to(Phi.dtype), Phi)
             M = part if M is None else M + part
         assert M is not None
         M = M / self.num_examples
@@ -186,35 +193,56 @@ class CurvatureOperator:
         return float((Z * self.mm(Z)).sum() / (samples * self.num_params))
 
 
-def _output_fn(task: Task, xb: torch.Tensor) -> Callable[[Params], torch.Tensor]:
+def _output_fn(task: Task, inputs) -> Callable[[Params], torch.Tensor]:
     def outputs(p: Params) -> torch.Tensor:
-        return task.outputs(p, xb)
+        return task.outputs(p, inputs)
 
     return outputs
 
 
-def _project(blocks: Params, projector: Projector | None) -> torch.Tensor:
+def project(blocks: Params, projector: Projector | None) -> torch.Tensor:
     return flatten_blocks(blocks) if projector is None else projector.project(blocks)
 
 
+class OutputComponent:
+    """The objective ``f_c(x)``: output ``c`` of each example (a tangent-feature row)."""
+
+    path_key = "output"
+
+    def __init__(self, task: Task, c: int) -> None:
+        self.task, self.c = task, c
+
+    def __call__(self, params: Params, inputs, targets: torch.Tensor) -> torch.Tensor:
+        return self.task.outputs(params, inputs).reshape(len(targets), -1)[:, self.c]
+
+
+def output_hessians(loss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example Hessians ``[B, K, K]`` (float64) of ``loss(outputs, targets) -> [B]``
+    with respect to the ``K`` flattened model outputs of each example."""
+    shape = out.shape[1:]
+
+    def single(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return loss(o.reshape(1, *shape), t.unsqueeze(0))[0]
+
+    H = vmap(hessian(single))(out.reshape(len(out), -1).to(torch.float64), y)
+    return 0.5 * (H + H.transpose(1, 2))
+
+
 def tangent_features(
-    task: Task, params: Params, xb: torch.Tensor, yb: torch.Tensor, projector: Projector | None
+    task: Task, inputs, targets: torch.Tensor, projector: Projector | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example (projected) Jacobians ``[B, C, d]`` and output Hessians ``[B, C, C]``."""
-
-    def single_out(p: Params, x: torch.Tensor) -> torch.Tensor:
-        return task.outputs(p, x.unsqueeze(0)).reshape(-1)
-
-    def single_loss(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return task._loss(o.unsqueeze(0), t.unsqueeze(0)).squeeze(0)
-
-    blocks = vmap(jacrev(single_out), in_dims=(None, 0))(params, xb)  # {n: [B, C, *shape]}
-    B, C = len(xb), next(iter(blocks.values())).shape[1]
-    flat = {n: b.reshape(B * C, *b.shape[2:]) for n, b in blocks.items()}
-    Phi = _project(flat, projector).reshape(B, C, -1)
-    outs = task.outputs(params, xb).reshape(B, C)
-    Hout = vmap(hessian(single_loss))(outs, yb)
-    return Phi, Hout.reshape(B, C, C)
+    with torch.no_grad():
+        out = task.outputs(task.params(), inputs)
+    B = len(targets)
+    C = out.reshape(B, -1).shape[1]
+    rows = [
+        project(per_example_grads(task, inputs, targets, OutputComponent(task, c)), projector)
+        for c in range(C)
+    ]
+    Phi = torch.stack(rows, dim=1)
+    Hout = output_hessians(task._loss, out.reshape(B, *out.shape[1:]), targets)
+    return Phi, Hout
 
 
 class MatrixProjector(Projector):
@@ -232,7 +260,9 @@ class MatrixProjector(Projector):
         require(bool(torch.isfinite(matrix).all()), "The projection matrix contains NaN or inf.")
         super().__init__(int(matrix.shape[1]), kind="gaussian", seed=0)
         self.matrix = matrix
-        self._digest = fingerprint_tensors(matrix)
+        from tdakit.batching import digest
+
+        self._digest = digest(matrix).hexdigest()[:16]
 
     @property
     def config(self) -> dict:
@@ -240,25 +270,12 @@ class MatrixProjector(Projector):
 
     def project(self, blocks: dict[str, torch.Tensor]) -> torch.Tensor:
         flat = flatten_blocks(blocks)
-        if flat.shape[1] != self.matrix.shape[0]:
-            raise TdakitError(
-                f"The projection matrix has {self.matrix.shape[0]} rows but the gradients have "
-                f"{flat.shape[1]} entries; pass a [num_params, k] matrix for the task's params."
-            )
+        require(
+            flat.shape[1] == self.matrix.shape[0],
+            f"The projection matrix has {self.matrix.shape[0]} rows but the gradients have "
+            f"{flat.shape[1]} entries; pass a [num_params, k] matrix for the task's params.",
+        )
         return flat @ self.matrix.to(device=flat.device, dtype=flat.dtype)
-
-
-def as_projector(projection: Projector | torch.Tensor | int | None, seed: int, kind: str):
-    """``None``, a dimension, a :class:`Projector` or an explicit ``[P, k]`` matrix."""
-    if isinstance(projection, torch.Tensor):
-        return MatrixProjector(projection)
-    if projection is None or isinstance(projection, Projector):
-        return projection
-    require(
-        isinstance(projection, int) and not isinstance(projection, bool) and projection > 0,
-        f"projection must be a positive int, a Projector or a [P, k] tensor, got {projection!r}.",
-    )
-    return Projector(int(projection), kind=kind, seed=seed)  # type: ignore[arg-type]
 
 
 def layer_slices(task: Task) -> tuple[list[str], list[slice]]:
@@ -275,8 +292,3 @@ def layer_slices(task: Task) -> tuple[list[str], list[slice]]:
             slices.append(slice(start, start + p.numel()))
         start += p.numel()
     return names, slices
-
-
-def mean_sq_by_layer(T: torch.Tensor, slices: Sequence[slice]) -> list[float]:
-    """``mean(g^2)`` over examples and coordinates of each layer's block of ``T`` ``[N, P]``."""
-    return [float(T[:, s].pow(2).mean()) for s in slices]
