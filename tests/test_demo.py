@@ -81,36 +81,42 @@ def test_pick_queries_prefers_a_few_misclassified_and_distinct_labels():
         pick_queries(y, pred, 41, seed=0)
 
 
-def _entry(name: str, requires: str, **kw) -> MethodEntry:
-    return MethodEntry(name, requires, lambda cls, c: cls(c.task), "test entry", **kw)
-
-
 def test_missing_optional_methods_are_skipped_with_a_reason(tmp_path, capsys):
-    ghost = _entry("Ghost", "NoSuchMethod", optional=True)
-    odd = _entry("Odd solver", "InfluenceFunction", optional=True, option=("SOLVERS", "nope"))
-    assert ghost.resolve() == (None, "tdakit.NoSuchMethod is not available in this version")
-    assert odd.resolve()[0] is None and "'nope'" in odd.resolve()[1]
+    ghost = MethodEntry("Ghost", {"method": "no_such_method"}, "test entry", optional=True)
+    assert ghost.resolve() == (None, "method 'no_such_method' is not available in this installation")
     with pytest.raises(TdakitError, match="install is broken"):
-        _entry("Required", "NoSuchMethod").resolve()
+        MethodEntry("Required", {"method": "no_such_method"}, "test entry").resolve()
     tiny = {**TINY, "epochs": 1, "n_train": 50, "n_checkpoints": 1}
-    path = run_demo(tmp_path, **tiny, methods=[METHODS[0], ghost, odd])
+    path = run_demo(tmp_path, **tiny, methods=[METHODS[0], ghost])
     out = capsys.readouterr().out
-    assert "skipping Ghost: tdakit.NoSuchMethod is not available" in out
-    assert "skipping Odd solver" in out
+    assert "skipping Ghost: method 'no_such_method' is not available" in out
     html = path.read_text(encoding="utf-8")
-    assert "skipped: tdakit.NoSuchMethod is not available in this version" in html
+    assert "skipped: method &#x27;no_such_method&#x27; is not available" in html or (
+        "skipped: method 'no_such_method' is not available" in html
+    )
     assert list(torch.load(tmp_path / "scores.pt")["scores"]) == [METHODS[0].name]
 
 
-def test_method_errors_are_not_swallowed_and_nothing_is_written(tmp_path):
-    def explode(cls, ctx):
+class _Exploding(MethodEntry):
+    def build(self, ctx):
         raise RuntimeError("factory bug")
 
-    boom = MethodEntry("Boom", "GradDot", explode, "raises", optional=True)
+
+def test_method_errors_are_not_swallowed_and_nothing_is_written(tmp_path):
+    boom = _Exploding("Boom", {"method": "grad_dot"}, "raises", optional=True)
     tiny = {**TINY, "epochs": 1, "n_train": 50, "n_checkpoints": 1}
     with pytest.raises(RuntimeError, match="factory bug"):
         run_demo(tmp_path / "out", **tiny, methods=[boom])
     assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")  # a directory cannot be created below a file (even as root)
+    with pytest.raises(TdakitError, match="Cannot write to the output directory"):
+        run_demo(blocker / "out", progress=False, epochs=1000)  # fails before training
+    with pytest.raises(TdakitError, match="empty path"):
+        run_demo("", progress=False)
 
 
 def test_bad_output_path_and_options(tmp_path):

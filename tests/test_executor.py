@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tdakit.errors import TdakitError
-from tdakit.groundtruth import Job, Shared, TrainingRecipe, content_key, run_jobs
-from tdakit.groundtruth.executor import _import_ray
-from tdakit.groundtruth.jobs import train_and_measure
+from tdakit.execution import Job, Shared, content_key, run_jobs
+from tdakit.execution.executor import _import_ray
+from tdakit.groundtruth.jobs import Measure, train_and_measure
+from tdakit.training import TrainingRecipe
 
 
 # --- job functions (module level: workers import this module by name) ---------------------
@@ -171,10 +172,10 @@ def test_ray_backend_gives_identical_results():
             train_and_measure,
             (recipe, Shared(X), Shared(y), Shared(X[:5]), Shared(y[:5])),
             {
-                "keep": X[:, 0] > t,
+                "keep": (X[:, 0] > t).nonzero().squeeze(1),
                 "init_seed": s,
                 "batch_seed": s,
-                "measurement": "loss",
+                "measure": Measure("cross_entropy", "loss"),
                 "device": "cpu",
             },
         )

@@ -123,11 +123,11 @@ def test_projected_grad_dot_approximates_exact() -> None:
     X, y = tiny_data(n=30)
     task = tda.Task(model)
     exact = tda.GradDot(task).fit((X, y)).scores((X[:5], y[:5]))
-    proj = tda.GradDot(task, projection=4096, projection_kind="gaussian", seed=0)
+    proj = tda.GradDot(task, projection=tda.Projector(4096, kind="gaussian", seed=0))
     approx = proj.fit((X, y)).scores((X[:5], y[:5]))
     rel = (approx - exact).norm() / exact.norm()
     assert rel < 0.1
-    again = tda.GradDot(task, projection=4096, projection_kind="gaussian", seed=0)
+    again = tda.GradDot(task, projection=tda.Projector(4096, kind="gaussian", seed=0))
     assert torch.equal(again.fit((X, y)).scores((X[:5], y[:5])), approx)
 
 

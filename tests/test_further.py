@@ -10,7 +10,9 @@ from torch import nn
 
 import tdakit as tda
 from tdakit.errors import TdakitError
-from tdakit.groundtruth import Executor, TrainingRecipe, further_training
+from tdakit.execution import Executor
+from tdakit.groundtruth import further_training
+from tdakit.training import TrainingRecipe
 
 SERIAL = Executor(backend="serial", progress=False)
 N, D, C = 12, 3, 3

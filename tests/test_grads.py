@@ -8,7 +8,23 @@ from torch import nn
 
 import tdakit as tda
 from conftest import tiny_data, tiny_mlp
-from tdakit.features import gradient_features, per_example_grads
+from tdakit.data.sources import as_source
+from tdakit.features import batch_gradients, per_example_grads
+
+
+def gradient_features(
+    task: tda.Task, X, y, *, objective="train", projector=None, batch_size: int = 128
+) -> torch.Tensor:
+    """Per-example gradient features of a whole data set, batch by batch."""
+    batches = as_source((X, y)).batches(task, batch_size)
+    return torch.cat(
+        [
+            batch_gradients(
+                task, b.inputs, b.targets, objective=objective, projector=projector, start=b.start
+            )
+            for b in batches
+        ]
+    )
 
 
 def loop_grads(model: nn.Module, X, y, fn) -> torch.Tensor:
@@ -54,6 +70,7 @@ def test_query_objective_margin_is_negated_margin_gradient() -> None:
 def test_logit_measurement_and_last_layer_params() -> None:
     model, (X, y) = tiny_mlp(), tiny_data()
     task = tda.Task(model, measurement=2, params="last_layer")
+    task.bind(X)  # "last_layer" follows the forward pass
     assert task.param_names == ("2.weight", "2.bias")
     blocks = per_example_grads(task, X, y, objective="query")
     # d(-z_2)/dW2 = -e_2 h^T ; d(-z_2)/db2 = -e_2
@@ -114,13 +131,17 @@ def test_layer_fast_path_equals_vmap_path(monkeypatch, params, objective) -> Non
 
     model, (X, y) = tiny_mlp(), tiny_data()
     task = tda.Task(model, measurement="margin", params=params)
+    task.bind(X)
     assert grads_mod.layer_layout(task) is not None
     fast = gradient_features(task, X, y, objective=objective, batch_size=8)
+    assert task.gradient_paths == {objective: "layers"}
     fast_blocks = per_example_grads(task, X, y, objective)
     proj = tda.Projector(16, seed=0)
     fast_proj = gradient_features(task, X, y, objective=objective, projector=proj)
     monkeypatch.setattr(grads_mod, "layer_layout", lambda task: None)
+    task = tda.Task(model, measurement="margin", params=params)  # path not yet decided
     slow = gradient_features(task, X, y, objective=objective, batch_size=8)
+    assert task.gradient_paths == {objective: "vmap"}
     assert torch.allclose(fast, slow, rtol=1e-12, atol=1e-14)
     slow_blocks = per_example_grads(task, X, y, objective)
     assert all(torch.allclose(fast_blocks[k], slow_blocks[k], atol=1e-14) for k in slow_blocks)
@@ -140,7 +161,9 @@ def test_layer_fast_path_falls_back_for_shared_layers() -> None:
     torch.manual_seed(0)
     model = Twice()
     X, y = tiny_data(n=9)
-    G = gradient_features(tda.Task(model), X, y)
+    task = tda.Task(model)
+    G = gradient_features(task, X, y)
+    assert task.gradient_paths == {"train": "vmap"}
     ref = loop_grads(model, X, y, torch.nn.functional.cross_entropy)
     assert torch.allclose(G, ref, rtol=1e-10, atol=1e-12)
 
@@ -163,6 +186,7 @@ def test_conv_fast_path_matches_loop_and_vmap(monkeypatch, padding) -> None:
     task = tda.Task(model)
     assert grads_mod.layer_layout(task) is not None
     fast = gradient_features(task, X, y, batch_size=4)
+    assert task.gradient_paths == {"train": "layers"}
     ref = loop_grads(model, X, y, torch.nn.functional.cross_entropy)
     assert torch.allclose(fast, ref, rtol=1e-10, atol=1e-12)
     blocks = per_example_grads(task, X, y)

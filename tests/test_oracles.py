@@ -1,24 +1,32 @@
-"""Retraining oracles: LOO against closed-form ridge, pairing, subsets, seed ensembles."""
+"""Retraining oracles: LOO against closed-form ridge, pairing, subsets, seed ensembles, plain
+user training functions, and measuring with a task's own loss and measurement."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from tdakit.errors import TdakitError
+import tdakit as tda
+from tdakit.errors import ConfigError, TdakitError
+from tdakit.execution import Executor
 from tdakit.groundtruth import (
-    Executor,
-    TrainingRecipe,
+    Measure,
     ensemble_seeds,
     leave_one_out,
     seed_ensemble,
     subset_masks,
     subset_retraining,
 )
-from tdakit.groundtruth.jobs import query_losses
+from tdakit.training import FunctionRecipe, TrainingRecipe, as_recipe
 
 SERIAL = Executor(backend="serial", progress=False)
+
+
+def query_losses(model, loss, measurement, Xq, yq):
+    return Measure(loss, measurement)(model, Xq, yq)
 
 
 def _ridge_data(n=16, d=3, n_query=5, seed=0):
@@ -157,3 +165,141 @@ def test_seed_ensembles_vary_one_knob_at_a_time():
     assert len(models) == 2 and not models[0].training
     with pytest.raises(TdakitError, match="vary"):
         ensemble_seeds(2, "data")
+
+
+# --- plain user training functions ---------------------------------------------------------
+CALLS: list[torch.Tensor] = []  # what sgd_linear received (filled in this process only)
+
+
+def sgd_linear(X, y, indices, init_seed, batch_seed):
+    """A user's own training function (module level, so worker processes can import it)."""
+    if not (isinstance(indices, torch.Tensor) and indices.dtype == torch.long):
+        raise TypeError(f"indices must be a LongTensor of positions, got {indices!r}")
+    if indices.ndim != 1:
+        raise TypeError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+    CALLS.append(indices.clone())
+    torch.manual_seed(init_seed)
+    model = nn.Linear(X.shape[1], 3).to(X.dtype)
+    gen = torch.Generator().manual_seed(batch_seed)
+    for _ in range(4):
+        for batch in indices[torch.randperm(len(indices), generator=gen)].split(4):
+            model.zero_grad()
+            F.cross_entropy(model(X[batch]), y[batch]).backward()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p -= 0.3 * p.grad
+    return model
+
+
+def smoothed_ce(outputs, targets):
+    """A custom per-example training loss (label smoothing)."""
+    return F.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.2)
+
+
+def neg_prob(outputs, targets):
+    """A custom loss-like measurement: minus the probability of the label."""
+    return -outputs.softmax(1).gather(1, targets[:, None]).squeeze(1)
+
+
+def _class_data(n=14, n_query=4, seed=5):
+    gen = torch.Generator().manual_seed(seed)
+    X = torch.randn(n + n_query, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 3, (n + n_query,), generator=gen)
+    return (X[:n], y[:n]), (X[n:], y[n:])
+
+
+def _without(n: int, i: int) -> torch.Tensor:
+    return torch.cat([torch.arange(i), torch.arange(i + 1, n)])
+
+
+def test_plain_training_function_drives_leave_one_out_in_worker_processes():
+    (X, y), (Xq, yq) = _class_data()
+    n, removed = len(X), [2, 9]
+    task = tda.Task(nn.Linear(3, 3).double())  # the measurement: cross-entropy at the query
+    local = Executor(backend="local", workers=2, progress=False)
+    res = leave_one_out(
+        sgd_linear, (X, y), (Xq, yq), removed=removed, init_seed=1, batch_seed=2, task=task,
+        executor=local,
+    )  # fmt: skip
+
+    def direct(indices):  # the same training in this process, measured by hand
+        model = sgd_linear(X, y, indices, 1, 2)
+        with torch.no_grad():
+            return F.cross_entropy(model(Xq), yq, reduction="none")
+
+    base = direct(torch.arange(n))
+    torch.testing.assert_close(res.base_losses, base, rtol=0, atol=1e-12)
+    for k, i in enumerate(removed):
+        expect = direct(_without(n, i)) - base
+        torch.testing.assert_close(res.scores[:, k], expect, rtol=0, atol=1e-12)
+    assert res.scores.abs().max() > 1e-4  # the effects are far above the tolerance
+    with pytest.raises(ConfigError, match="task="):  # no loss known to measure with
+        leave_one_out(sgd_linear, (X, y), (Xq, yq), removed=[0], executor=SERIAL)
+
+
+def test_plain_training_function_drives_subset_retraining_with_positions():
+    (X, y), (Xq, yq) = _class_data()
+    CALLS.clear()
+    res = subset_retraining(
+        sgd_linear, (X, y), (Xq, yq), n_subsets=3, fraction=0.5, n_models=2, seed=1,
+        task=tda.Task(nn.Linear(3, 3).double(), measurement="margin"), executor=SERIAL,
+    )  # fmt: skip
+    assert len(CALLS) == 6
+    for j, indices in enumerate(CALLS):  # positions of the subset, never a bool mask
+        assert indices.dtype == torch.long and indices.ndim == 1
+        assert torch.equal(indices, res.masks[j // 2].nonzero().squeeze(1))
+    m, r = 1, 1
+    model = sgd_linear(X, y, CALLS[2 * m + r], int(res.seeds[m, r]), int(res.seeds[m, r]))
+    with torch.no_grad():
+        logits = model(Xq)
+    others = logits.clone()
+    others[torch.arange(len(yq)), yq] = float("-inf")
+    expect = others.logsumexp(1) - logits[torch.arange(len(yq)), yq]  # -margin, by hand
+    torch.testing.assert_close(res.all_losses[m, r], expect, rtol=0, atol=1e-12)
+    # the same function with a loss needs no task; a bool mask reaches it as positions
+    named = subset_retraining(
+        FunctionRecipe(sgd_linear, loss="cross_entropy"), (X, y), (Xq, yq), n_subsets=3,
+        fraction=0.5, n_models=2, seed=1, measurement="margin", executor=SERIAL,
+    )  # fmt: skip
+    torch.testing.assert_close(named.all_losses, res.all_losses, rtol=0, atol=0)
+    CALLS.clear()
+    mask = torch.arange(len(X)) % 3 == 0
+    as_recipe(sgd_linear).train(X, y, indices=mask)
+    assert CALLS[0].dtype == torch.long and torch.equal(CALLS[0], mask.nonzero().squeeze(1))
+
+
+# --- measuring with the task's own loss and measurement ----------------------------------
+def test_oracles_measure_with_the_tasks_custom_loss_and_measurement():
+    (X, y), (Xq, yq) = _class_data()
+    recipe = TrainingRecipe("mlp", model_kwargs={"hidden": (5,)}, lr=0.1, epochs=3, batch_size=5)
+    template = recipe.build(0, X, y).double()
+    full = recipe.train(X, y, init_seed=0, batch_seed=0)
+    without = recipe.train(X, y, indices=_without(len(X), 4), init_seed=0, batch_seed=0)
+    with torch.no_grad():
+        out_full, out_without = full(Xq), without(Xq)
+
+    # measurement="loss": the task's custom training loss, not the recipe's cross-entropy
+    task = tda.Task(template, loss=smoothed_ce, measurement="loss")
+    res = leave_one_out(recipe, (X, y), (Xq, yq), removed=[4], task=task, executor=SERIAL)
+    torch.testing.assert_close(res.base_losses, smoothed_ce(out_full, yq), rtol=0, atol=1e-12)
+    expect = smoothed_ce(out_without, yq) - smoothed_ce(out_full, yq)
+    torch.testing.assert_close(res.scores[:, 0], expect, rtol=0, atol=1e-12)
+    plain = F.cross_entropy(out_full, yq, reduction="none")
+    assert (res.base_losses - plain).abs().min() > 1e-3  # really not the recipe's loss
+    assert res.config["task"] == task.code_key() and res.config["measurement"] == "loss"
+
+    # a custom measurement callable; params="last_layer" needs no forward pass to measure
+    task = tda.Task(template, loss=smoothed_ce, measurement=neg_prob, params="last_layer")
+    res = leave_one_out(recipe, (X, y), (Xq, yq), removed=[4], task=task, executor=SERIAL)
+    expect = neg_prob(out_without, yq) - neg_prob(out_full, yq)
+    torch.testing.assert_close(res.scores[:, 0], expect, rtol=0, atol=1e-12)
+    sub = subset_retraining(
+        recipe, (X, y), (Xq, yq), n_subsets=2, seed=3, task=task, executor=SERIAL
+    )
+    model = recipe.train(
+        X, y, indices=sub.masks[1].nonzero().squeeze(1), init_seed=1, batch_seed=1
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(sub.losses[1], neg_prob(model(Xq), yq), rtol=0, atol=1e-12)
+    with pytest.raises(ConfigError, match="not both"):
+        leave_one_out(recipe, (X, y), (Xq, yq), task=task, measurement="margin")

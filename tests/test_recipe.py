@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from tdakit.errors import TdakitError
-from tdakit.groundtruth import TrainingRecipe, epoch_batches
-from tdakit.groundtruth.loop import _FirstOrder
+from tdakit.training import TrainingRecipe, epoch_batches
+from tdakit.training.loop import _FirstOrder
 
 
 def _data(n=24, d=3, classes=3, seed=0, dtype=torch.float64):

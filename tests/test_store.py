@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdakit import fileio
+from tdakit.storage import fileio
 from tdakit.errors import TdakitError
-from tdakit.features.store import FeatureStore, cache_key
+from tdakit.storage.store import FeatureStore, cache_key
 
 N, DIM, CHUNK = 10, 3, 4  # 3 chunks: [0, 4), [4, 8), [8, 10)
 

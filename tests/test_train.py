@@ -8,7 +8,7 @@ import torch
 from tdakit.data import load_digits, make_classification, make_regression
 from tdakit.errors import TdakitError
 from tdakit.models import build_model
-from tdakit.train import TrainResult, train_model
+from tdakit.training import TrainResult, train_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ projections), runs offline, and takes well under a minute on two CPU cores.
 
 from __future__ import annotations
 
-import sys
+import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ __all__ = [
 
 @dataclass
 class DemoContext:
-    """What a method factory may use: the task, training checkpoints and the run's settings."""
+    """What a method may take from the run: the task, training checkpoints, the seed."""
 
     task: Task
     checkpoints: list[dict[str, torch.Tensor]]
@@ -44,97 +45,72 @@ class DemoContext:
     seed: int
     progress: bool
 
+    def objects(self) -> dict[str, object]:
+        return {"checkpoints": self.checkpoints, "lrs": self.checkpoint_lrs}
+
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A method in the demo: ``build(cls, ctx)`` makes it from ``tdakit.<requires>``.
+    """A method in the demo, by its registry configuration.
 
-    Optional entries are skipped, with the reason printed and shown in the report, when
-    ``tdakit`` has no attribute ``requires`` (the method is not part of this build) or the
-    class lacks the ``option`` (attribute name, value) it needs, e.g. a solver.
+    ``config`` is what :func:`tdakit.methods.from_config` takes (``{"method": name, ...}``);
+    ``uses`` names run objects passed too (``"checkpoints"``, ``"lrs"``). An ``optional``
+    entry whose method is not registered (an extra that is not installed) is skipped with
+    the reason printed and shown in the report.
     """
 
     name: str
-    requires: str
-    build: Callable[[type, DemoContext], AttributionMethod]
+    config: dict
     description: str
+    uses: tuple[str, ...] = ()
     optional: bool = False
-    option: tuple[str, str] | None = None
 
     def resolve(self) -> tuple[type | None, str]:
-        """``(class, "")`` if available, else ``(None, reason)``; required entries raise."""
-        cls = getattr(tdakit, self.requires, None)
-        if cls is None:
+        """``(class, "")`` if registered, else ``(None, reason)``; required entries raise."""
+        method = self.config.get("method")
+        if method not in tdakit.methods.METHODS:
             if not self.optional:
-                raise TdakitError(f"tdakit.{self.requires} is missing; the install is broken.")
-            return None, f"tdakit.{self.requires} is not available in this version"
-        if self.option is not None:
-            attr, value = self.option  # looked up on the class, else on its module
-            choices = getattr(cls, attr, getattr(sys.modules[cls.__module__], attr, ()))
-            if value not in choices:
-                return None, f"tdakit.{self.requires} has no {attr[:-1].lower()} {value!r}"
-        return cls, ""
+                raise TdakitError(f"Method {method!r} is not registered; the install is broken.")
+            return None, f"method {method!r} is not available in this installation"
+        return tdakit.methods.METHODS[method], ""
 
-
-def _influence(solver: str, **kw: object) -> Callable[[type, DemoContext], AttributionMethod]:
-    def build(cls: type, ctx: DemoContext) -> AttributionMethod:
-        return cls(ctx.task, solver=solver, damping=INFLUENCE_DAMPING, progress=ctx.progress, **kw)
-
-    return build
+    def build(self, ctx: DemoContext) -> AttributionMethod:
+        objects = ctx.objects()
+        config = {**self.config, "progress": ctx.progress}
+        if "seed" in self.config:
+            config["seed"] = ctx.seed
+        return tdakit.methods.from_config(config, ctx.task, **{k: objects[k] for k in self.uses})
 
 
 INFLUENCE_DAMPING = 0.01  # absolute λ; 1e-3 leaves the near-singular GGN directions too noisy
 
+
+def _influence(solver: str, **kw: object) -> dict:
+    return {"method": "influence", "solver": solver, "damping": INFLUENCE_DAMPING, **kw}
+
+
 METHODS: list[MethodEntry] = [
-    MethodEntry(
-        "GradDot", "GradDot", lambda cls, c: cls(c.task, progress=c.progress),
-        "g_q · g_i: loss gradients at the final weights",
-    ),
-    MethodEntry(
-        "GradCos", "GradCos", lambda cls, c: cls(c.task, progress=c.progress),
-        "cosine of the loss gradients (no gradient-norm bias)",
-    ),
-    MethodEntry(
-        "TracIn", "TracIn",
-        lambda cls, c: cls(c.task, c.checkpoints, c.checkpoint_lrs, progress=c.progress),
-        "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
-    ),
-    MethodEntry(
-        "Influence (exact GGN)", "InfluenceFunction", _influence("exact", curvature="ggn"),
-        "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01", optional=True,
-        option=("SOLVERS", "exact"),
-    ),
-    MethodEntry(
-        "Influence (EK-FAC)", "InfluenceFunction", _influence("ekfac"),
-        "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01", optional=True,
-        option=("SOLVERS", "ekfac"),
-    ),
-    MethodEntry(
-        "DataInf", "InfluenceFunction", _influence("datainf"),
-        "closed-form layerwise influence approximation, λ=0.01", optional=True,
-        option=("SOLVERS", "datainf"),
-    ),
-    MethodEntry(
-        "TRAK", "TRAK",
-        lambda cls, c: cls(c.task, checkpoints=c.checkpoints, seed=c.seed, progress=c.progress),
-        "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
-        "TracIn checkpoints", optional=True,
-    ),
-    MethodEntry(
-        "RepresenterPoints", "RepresenterPoints",
-        lambda cls, c: cls(c.task, progress=c.progress),
-        "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer", optional=True,
-    ),
-    MethodEntry(
-        "RepresentationSimilarity", "RepresentationSimilarity",
-        lambda cls, c: cls(c.task, progress=c.progress),
-        "cosine of penultimate-layer representations (label-agnostic)",
-    ),
-    MethodEntry(
-        "RandomBaseline", "RandomBaseline",
-        lambda cls, c: cls(c.task, seed=c.seed, progress=c.progress),
-        "i.i.d. N(0, 1) scores: the chance level",
-    ),
+    MethodEntry("GradDot", {"method": "grad_dot"}, "g_q · g_i: loss gradients at the final weights"),
+    MethodEntry("GradCos", {"method": "grad_cos"},
+                "cosine of the loss gradients (no gradient-norm bias)"),
+    MethodEntry("TracIn", {"method": "tracin"},
+                "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
+                uses=("checkpoints", "lrs")),
+    MethodEntry("Influence (exact GGN)", _influence("exact", curvature="ggn"),
+                "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01"),
+    MethodEntry("Influence (EK-FAC)", _influence("ekfac"),
+                "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01"),
+    MethodEntry("DataInf", _influence("datainf"),
+                "closed-form layerwise influence approximation, λ=0.01"),
+    MethodEntry("TRAK", {"method": "trak", "seed": 0},
+                "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
+                "TracIn checkpoints", uses=("checkpoints",)),
+    MethodEntry("RepresenterPoints", {"method": "representer"},
+                "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer"),
+    MethodEntry("RepresentationSimilarity", {"method": "representation_similarity"},
+                "cosine of penultimate-layer representations (label-agnostic)"),
+    MethodEntry("RandomBaseline", {"method": "random", "seed": 0},
+                "i.i.d. N(0, 1) scores: the chance level"),
 ]  # fmt: skip
 
 
@@ -210,7 +186,7 @@ def _run_methods(
             runs.append(run)
             continue
         start = time.perf_counter()
-        method = entry.build(cls, ctx).fit(train)
+        method = entry.build(ctx).fit(train)
         run.fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
         S = method.scores(queries)
@@ -263,6 +239,10 @@ def run_demo(
     t0 = time.perf_counter()
     out = Path(out_dir)
     require(
+        str(out_dir).strip() != "",
+        "The output directory is an empty path; pass a directory name such as tdakit-demo.",
+    )
+    require(
         not out.exists() or out.is_dir(),
         f"The output path {str(out)!r} exists and is not a directory; choose a directory.",
     )
@@ -289,6 +269,41 @@ def run_demo(
         keep = torch.randperm(len(X), generator=gen)[:n_train].sort().values
         X, y = X[keep], y[keep]
         split.X_train, split.y_train = X, y
+
+    created = prepare_output_dir(out)
+    try:
+        return _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoints,
+                    top_k, methods, dev, t0)  # fmt: skip
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def prepare_output_dir(out: Path) -> bool:
+    """Create ``out`` (if needed) and check that it is writable, before any work is done.
+    Returns whether it was created here."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tdakit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise TdakitError(
+            f"Cannot write to the output directory {str(out)!r} ({err.strerror or err}); "
+            "choose a writable directory with --out."
+        ) from err
+    return created
+
+
+def _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoints, top_k,
+         methods, dev, t0) -> Path:  # fmt: skip
+    from tdakit.models import build_model
+    from tdakit.report.demo_report import build_demo_report
+    from tdakit.training import train_model
 
     model = build_model("mlp", split.image_shape, split.num_classes, seed=seed, hidden=hidden)
     model = model.to(dev)
@@ -337,7 +352,6 @@ def run_demo(
     result.seconds = time.perf_counter() - t0
     report = build_demo_report(result, top_k)
 
-    out.mkdir(parents=True, exist_ok=True)
     done = [r for r in runs if r.scores is not None]
     payload = {
         "scores": {r.name: r.scores.float() for r in done},

@@ -20,7 +20,7 @@ import torch
 from torch.func import grad, vmap
 
 from tdakit.batching import flatten
-from tdakit.errors import ConfigError, NumericalError
+from tdakit.errors import ConfigError, DataError, NumericalError, TdakitError
 from tdakit.features.layers import layer_grads, layer_layout
 from tdakit.features.projection import Projector
 from tdakit.task import Params, Task
@@ -88,6 +88,7 @@ def _try_layers(task: Task, objective: Objective, inputs, targets, write) -> boo
     try:
         ok = layer_grads(task, layout, objective_fn(task, objective), inputs, targets, write)
     except (RuntimeError, IndexError):
+        check_runs(task, objective, inputs, targets)
         if gradient_path(task, objective) == "layers":
             raise
         ok = False  # e.g. a broadcast the model cannot take: use the general paths
@@ -113,6 +114,7 @@ def _vmap_or_loop(task: Task, objective: Objective, inputs, targets) -> Params:
         try:
             out = vmap(grad(single), in_dims=(None, 0, 0))(params, batched, targets)
         except (RuntimeError, NotImplementedError):
+            check_runs(task, objective, inputs, targets)
             if gradient_path(task, objective) == "vmap":
                 raise
         else:
@@ -120,6 +122,25 @@ def _vmap_or_loop(task: Task, objective: Objective, inputs, targets) -> Params:
             return out
     _record(task, objective, "loop")
     return _loop(single, params, batched, targets)
+
+
+def check_runs(task: Task, objective: Objective | Callable, inputs, targets) -> None:
+    """Raise :class:`DataError` if the objective cannot be evaluated on the batch at all
+    (wrong input shapes, say), so that such a batch is reported as bad data instead of
+    sending the task down a slower gradient path for good."""
+    try:
+        with torch.no_grad():
+            objective_fn(task, objective)(task.params(), inputs, targets)
+    except TdakitError:
+        raise
+    except Exception as err:
+        what = {"train": "training", "query": "query"}.get(_key(objective), "")
+        raise DataError(
+            f"The model could not run on a batch of {what} inputs ({type(err).__name__}: "
+            f"{err}). Check their shapes and dtypes: queries must look like the training "
+            "inputs, and both like what the model takes (or pass Task(..., batch=fn) to say "
+            "how a batch becomes model inputs)."
+        ) from err
 
 
 def _loop(single, params: Params, batched: list[torch.Tensor], targets) -> Params:

@@ -41,10 +41,11 @@ class Measure:
     def __call__(self, model: nn.Module, Xq: torch.Tensor, yq: torch.Tensor) -> torch.Tensor:
         task = self.task_for(model)
         xq = Xq.to(task.dtype) if Xq.is_floating_point() else Xq
-        params = task.params()
+        # The measurement needs no attributed parameters: evaluate the model's own weights
+        # ({} replaces none), so params="last_layer" tasks need no forward pass to resolve.
         with torch.no_grad():
             out = [
-                task.query_losses(params, xq[a : a + QUERY_BATCH], yq[a : a + QUERY_BATCH])
+                task.query_losses({}, xq[a : a + QUERY_BATCH], yq[a : a + QUERY_BATCH])
                 for a in range(0, len(xq), QUERY_BATCH)
             ]
         return torch.cat(out).detach().cpu()

@@ -47,7 +47,8 @@ def _outputs(model: nn.Module, X: Tensor) -> Tensor:
 
 
 def _loss_fn(loss: str | Callable | None, recipe: object) -> Callable:
-    loss = getattr(recipe, "loss", "cross_entropy") if loss is None else loss
+    loss = getattr(recipe, "loss", None) if loss is None else loss
+    loss = "cross_entropy" if loss is None else loss  # e.g. a FunctionRecipe without a loss
     if callable(loss):
         return loss
     table = {"cross_entropy": cross_entropy, "mse": squared_error}

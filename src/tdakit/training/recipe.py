@@ -303,6 +303,8 @@ def _targets(y: torch.Tensor, loss: Any, X: torch.Tensor) -> torch.Tensor:
             f"cross_entropy needs integer labels [n], got {y.dtype} {tuple(y.shape)}.",
         )
         return y.to(device=X.device, dtype=torch.long)
+    if callable(loss) and not y.is_floating_point():
+        return y.to(device=X.device)  # integer labels stay labels for a custom loss
     dtype = X.dtype if X.is_floating_point() else torch.get_default_dtype()
     return y.to(device=X.device, dtype=dtype)
 
