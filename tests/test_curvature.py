@@ -345,6 +345,14 @@ def test_curvature_rejects_a_bad_damping(small, bad) -> None:
         CG().fit(curvature(task, X, y, "ggn", bad))
 
 
+def test_solvers_refuse_a_curvature_they_do_not_model(small) -> None:
+    _, task, X, y = small
+    for solver, kind in [(KFAC(), "hessian"), (EKFAC(), "fisher"), (DataInf(), "ggn"),
+                         (Projected(dim=4), "hessian")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=f"{kind!r}|forms the GGN"):
+            solver.fit(curvature(task, X, y, kind, 0.1))
+
+
 def test_make_solver_from_a_name_a_dict_or_an_object() -> None:
     assert set(SOLVERS) == {"exact", "projected", "cg", "lissa", "arnoldi", "kfac", "ekfac",
                             "datainf"}  # fmt: skip

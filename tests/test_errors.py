@@ -85,8 +85,14 @@ def test_11_scores_before_fit() -> None:
 
 def test_12_query_shape_mismatch() -> None:
     _, X, y, method = fitted()
-    with pytest.raises(TdakitError, match=r"Query inputs have shape \(4,\)"):
+    msg = r"could not run on a batch of query inputs.*queries must look like the training inputs"
+    with pytest.raises(tda.DataError, match=msg):
         method.scores((X[:, :4], y))
+    assert method.task.gradient_paths == {"train": "layers"}  # no slower path for good
+    assert torch.equal(method.scores((X, y)), fitted()[3].scores((X, y)))
+    similarity = tda.RepresentationSimilarity(tda.Task(tiny_mlp())).fit((X, y))
+    with pytest.raises(tda.DataError, match="could not run on a batch of inputs"):
+        similarity.scores((X[:, :4], y))
 
 
 def test_13_bad_k() -> None:
@@ -154,7 +160,7 @@ def test_21_not_a_task() -> None:
 
 
 def test_22_bad_block_size() -> None:
-    with pytest.raises(TdakitError, match="must be positive"):
+    with pytest.raises(TdakitError, match="block_size must be a positive int"):
         tda.GradDot(tda.Task(tiny_mlp()), block_size=0)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import tdakit as tda
 from conftest import tiny_data, tiny_mlp
-from tdakit.features.store import FeatureStore
+from tdakit.storage.store import FeatureStore
 
 
 def test_cached_fit_equals_uncached_and_reuses_store(tmp_path, monkeypatch) -> None:
@@ -21,12 +21,17 @@ def test_cached_fit_equals_uncached_and_reuses_store(tmp_path, monkeypatch) -> N
     assert len(stores) == 1 and FeatureStore.load(stores[0]).is_complete()
 
     calls = []
-    original = tda.GradDot._features
-    monkeypatch.setattr(
-        tda.GradDot, "_features", lambda self, *a: calls.append(len(a[0])) or original(self, *a)
-    )
-    tda.GradDot(task, cache_dir=tmp_path).fit((X, y))
-    assert calls == [1]  # only the one-row probe for the feature dimension
+    original = tda.GradDot._featurize
+
+    def counting(self, batch, objective):
+        calls.append((objective, batch.stop - batch.start))
+        return original(self, batch, objective)
+
+    monkeypatch.setattr(tda.GradDot, "_featurize", counting)
+    again = tda.GradDot(task, cache_dir=tmp_path).fit((X, y))
+    assert calls == [("train", 1)]  # only the one-row probe for the feature dimension
+    assert again.features_.storage == "store"
+    assert torch.allclose(again.scores((X[:4], y[:4])), ref, rtol=1e-12)
 
 
 def test_cache_key_follows_model_data_and_projection(tmp_path) -> None:
@@ -40,7 +45,7 @@ def test_cache_key_follows_model_data_and_projection(tmp_path) -> None:
 
 
 def test_interrupted_featurisation_resumes_to_identical_arrays(tmp_path, monkeypatch) -> None:
-    import tdakit.features.store as store_mod
+    import tdakit.storage.store as store_mod
 
     model = tiny_mlp()
     X, y = tiny_data(n=50)
@@ -74,9 +79,10 @@ def test_interrupted_featurisation_resumes_to_identical_arrays(tmp_path, monkeyp
         store.read()
 
     monkeypatch.setattr(store_mod.FeatureStore, "fill", original_fill)
-    resumed = tda.GradDot(task, cache_dir=tmp_path).fit((X, y)).train_features
+    resumed = tda.GradDot(task, cache_dir=tmp_path).fit((X, y)).features_.rows(0, len(X))
     assert store.is_complete()
-    uninterrupted = tda.GradDot(task, cache_dir=tmp_path / "other").fit((X, y)).train_features
+    other = tda.GradDot(task, cache_dir=tmp_path / "other").fit((X, y))
+    uninterrupted = other.features_.rows(0, len(X))
     assert torch.equal(resumed, uninterrupted)  # bit-identical to a run that never crashed
-    fresh = tda.GradDot(task).fit((X, y)).train_features
+    fresh = tda.GradDot(task).fit((X, y)).features_.T
     assert torch.allclose(resumed, fresh, rtol=1e-12)  # same up to batch-size rounding

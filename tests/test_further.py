@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tdakit as tda
@@ -38,6 +39,14 @@ def setup():
     model = recipe.train(X[:N], y[:N], init_seed=1, batch_seed=1)
     S = tda.GradDot(tda.Task(model)).fit((X[:N], y[:N])).scores((X[N:], y[N:]))
     return recipe, model, (X[:N], y[:N]), (X[N:], y[N:]), S
+
+
+def smoothed_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.2)
+
+
+def neg_prob(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return -outputs.softmax(1).gather(1, targets[:, None]).squeeze(1)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,3 +117,28 @@ def test_further_training_rejects_bad_options(setup):
         further_training(recipe, model, train, queries, t=[0], executor=SERIAL)
     with pytest.raises(TdakitError, match="sgd or adam"):
         further_training(recipe.replace(optimizer="lbfgs"), model, train, queries, executor=SERIAL)
+
+
+@pytest.mark.parametrize("measurement", ["loss", neg_prob], ids=["loss", "neg_prob"])
+def test_further_training_measures_with_the_tasks_loss_and_measurement(setup, measurement):
+    recipe, model, train, queries, _ = setup
+    measure = smoothed_ce if measurement == "loss" else measurement
+    task = tda.Task(small_tanh_net(0), loss=smoothed_ce, measurement=measurement)
+    res = further_training(
+        recipe, model, train, queries, removed=[5], t=[1], unit="epoch", mechanism="drop",
+        seeds=[3], task=task, executor=SERIAL,
+    )  # fmt: skip
+    further = recipe.replace(lr=recipe.lr * 0.1, epochs=1)
+    Xq, yq = queries
+
+    def after(indices):  # the same further training, measured by hand
+        run = further.run(
+            *train, indices=indices, batch_seed=3, init_state=model, record_at=[1],
+            record_unit="epoch", measure=lambda m: measure(m(Xq), yq),
+        )  # fmt: skip
+        return run.records[0]
+
+    expect = after(torch.cat([torch.arange(5), torch.arange(6, N)])) - after(None)
+    torch.testing.assert_close(res.scores[0, :, 0], expect, rtol=0, atol=1e-12)
+    assert expect.abs().max() > 1e-5  # the effect is far above the tolerance
+    assert res.config["task"] == task.code_key()

@@ -6,16 +6,29 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import tdakit as tda
 from conftest import tiny_data, tiny_mlp
-from tdakit.curvature.operators import CurvatureOperator
-from test_curvature import ref_ggn, ref_hessian
-from test_grads import loop_grads
+from tdakit.data.sources import as_source
+from tdakit.errors import ConfigError, NotFittedError
+from tdakit.preconditioners import (
+    CG,
+    EKFAC,
+    Arnoldi,
+    Curvature,
+    CurvatureOperator,
+    DataInf,
+    Exact,
+    LiSSA,
+    MatrixProjector,
+    Projected,
+    Relative,
+)
+from test_curvature import loop_grads, ref_ggn, ref_hessian
 
 IF = tda.InfluenceFunction
+F = nn.functional
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -118,12 +131,12 @@ def test_ridge_closed_forms_newton_step_and_exact_leave_one_out() -> None:
 @pytest.mark.parametrize("curvature", ["hessian", "ggn", "fisher"])
 def test_cg_and_full_rank_arnoldi_match_exact(small, curvature: str) -> None:
     _, task, train, queries = small
-    C = CurvatureOperator(task, *train, curvature).matrix()
+    C = CurvatureOperator(task, as_source(train), curvature).matrix()
     lam = 0.01 + max(0.0, -float(torch.linalg.eigvalsh(C)[0]))
     ref = IF(task, curvature=curvature, damping=lam).fit(train).scores(queries)
-    cg = IF(task, solver="cg", curvature=curvature, damping=lam, tol=1e-12, solve_block=3)
+    cg = IF(task, solver=CG(tol=1e-12, block=3), curvature=curvature, damping=lam)
     assert rel_err(cg.fit(train).scores(queries), ref) < 1e-4
-    ar = IF(task, solver="arnoldi", curvature=curvature, damping=lam, rank=task.num_params)
+    ar = IF(task, solver=Arnoldi(rank=task.num_params), curvature=curvature, damping=lam)
     assert rel_err(ar.fit(train).scores(queries), ref) < 1e-4
 
 
@@ -131,12 +144,15 @@ def test_lissa_matches_exact_and_minibatch_lissa_is_seeded(small) -> None:
     _, task, train, queries = small
     lam = 0.5  # comparable to the top GGN eigenvalue: LiSSA converges in ~70 steps
     ref = IF(task, curvature="ggn", damping=lam).fit(train).scores(queries)
-    li = IF(task, solver="lissa", curvature="ggn", damping=lam, tol=1e-9, depth=1000)
+    li = IF(task, solver=LiSSA(tol=1e-9, depth=1000), curvature="ggn", damping=lam)
     assert rel_err(li.fit(train).scores(queries), ref) < 1e-4
-    kw = dict(curvature="ggn", damping=lam, depth=25, repeats=2, lissa_batch_size=20, scale=2.0)
-    a = IF(task, solver="lissa", seed=1, **kw).fit(train).scores(queries)
-    b = IF(task, solver="lissa", seed=1, **kw).fit(train).scores(queries)
-    c = IF(task, solver="lissa", seed=2, **kw).fit(train).scores(queries)
+    kw = dict(depth=25, repeats=2, batch_size=20, scale=2.0)
+
+    def minibatch(seed: int) -> torch.Tensor:
+        m = IF(task, solver=LiSSA(seed=seed, **kw), curvature="ggn", damping=lam)
+        return m.fit(train).scores(queries)
+
+    a, b, c = minibatch(1), minibatch(1), minibatch(2)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert rel_err(a, ref) < 0.2  # stochastic minibatch curvature: close, not exact
 
@@ -149,7 +165,8 @@ def test_projected_exact_with_an_orthogonal_basis_equals_exact(small, curvature:
         torch.randn(P, P, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     )
     ref = IF(task, curvature=curvature, damping=0.01).fit(train).scores(queries)
-    m = IF(task, solver="projected", projection=Q, curvature=curvature, damping=0.01)
+    solver = Projected(projector=MatrixProjector(Q))
+    m = IF(task, solver=solver, curvature=curvature, damping=0.01)
     assert rel_err(m.fit(train).scores(queries), ref) < 1e-8
 
 
@@ -166,17 +183,19 @@ def test_projected_fisher_with_a_random_projection_is_the_k_dim_formula(setup) -
     )
     Phi, Phq = G @ R, Gq @ R
     ref = brute_influence(Phi.T @ Phi / len(Phi), lam, Phq, Phi)
-    S = IF(task, solver="projected", projection=k, seed=3, damping=lam).fit(train).scores(queries)
-    assert torch.allclose(S, ref, rtol=1e-9, atol=1e-12)
+    m = IF(task, solver=Projected(dim=k, seed=3), damping=lam)
+    assert m.curvature == "fisher"  # the projected solver's default
+    assert torch.allclose(m.fit(train).scores(queries), ref, rtol=1e-9, atol=1e-12)
 
 
 def test_datainf_equals_its_formula_evaluated_by_brute_force(setup) -> None:
     _, task, train, queries, G, Gq = setup
     layers = [slice(0, 42), slice(42, 66)]  # net.0 (5x7 + 7) and net.2 (7x3 + 3)
-    for mode, c in [("absolute", 0.05), ("relative", 0.1)]:
-        m = IF(task, solver="datainf", damping=c, damping_mode=mode).fit(train)
+    for damping, c in [(0.05, 0.05), (Relative(0.1), 0.1)]:
+        m = IF(task, solver="datainf", damping=damping).fit(train)
         S = m.scores(queries)
-        lams = [c if mode == "absolute" else c * float(G[:, s].pow(2).mean()) for s in layers]
+        relative = isinstance(damping, Relative)
+        lams = [c * float(G[:, s].pow(2).mean()) if relative else c for s in layers]
         assert list(m.damping_.values()) == pytest.approx(lams, rel=1e-12)
         N = len(G)
         ref = torch.zeros(len(Gq), N, dtype=torch.float64)
@@ -197,27 +216,59 @@ def test_datainf_equals_its_formula_evaluated_by_brute_force(setup) -> None:
 def test_relative_damping_is_c_times_the_mean_diagonal(setup) -> None:
     model, task, train, _, G, _ = setup
     c = 0.1
-    m = IF(task, curvature="ggn", damping=c, damping_mode="relative").fit(train)
-    assert m.damping_ == pytest.approx(
-        c * float(ref_ggn(model, *train).diagonal().mean()), rel=1e-10
-    )
-    m = IF(task, solver="cg", damping=c, damping_mode="relative", diag_estimate="grad_sq")
+    mean = float(ref_ggn(model, *train).diagonal().mean())
+    for damping in (Relative(c), {"relative": c}):
+        m = IF(task, curvature="ggn", damping=damping).fit(train)
+        assert m.damping == Relative(c)
+        assert m.damping_ == pytest.approx(c * mean, rel=1e-10)
+        assert m.mean_diagonal_ == pytest.approx(mean, rel=1e-10)
+    m = IF(task, solver="cg", damping=Relative(c, estimate="grad_sq"))
     assert m.fit(train).damping_ == pytest.approx(c * float(G.pow(2).mean()), rel=1e-10)
-    m = IF(task, solver="cg", curvature="ggn", damping=c, damping_mode="relative", seed=4)
+    m = IF(task, solver="cg", curvature="ggn", damping=Relative(c, seed=4))
     m.fit(train)
-    hutch = CurvatureOperator(task, *train, "ggn").hutchinson_mean_diagonal(32, seed=4)
+    hutch = CurvatureOperator(task, as_source(train), "ggn").hutchinson_mean_diagonal(32, seed=4)
     assert m.mean_diagonal_ == pytest.approx(hutch, rel=1e-12)
     assert m.damping_ == pytest.approx(c * hutch, rel=1e-12)
+    assert m.preconditioner_.damping_ == m.damping_
 
 
 def test_kfac_dispatch_applies_the_kfac_inverse(setup) -> None:
-    from tdakit.curvature.kfac import KFAC
-
     _, task, train, queries, G, Gq = setup
     m = IF(task, solver="ekfac", damping=0.01).fit(train)
-    kfac = KFAC(task, damping=0.01, eigen_correction=True).fit(*train)
-    ref = kfac.apply(Gq) @ G.T / len(G)
+    assert m.curvature == "ggn" and m.solver.layers_ == []  # fitted on a copy
+    ekfac = EKFAC().fit(Curvature(task, as_source(train), "ggn", 0.01))
+    ref = ekfac.apply(Gq) @ G.T / len(G)
     assert torch.allclose(m.scores(queries), ref, rtol=1e-9, atol=1e-13)
+
+
+def test_kfac_on_an_embedding_model_equals_exact_ggn_influence() -> None:
+    """Emb -> Linear with MSE: the embedding's GGN block is a Kronecker product, which K-FAC
+    and EK-FAC represent exactly (test_kfac.py); end to end, gradient features included."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Embedding(5, 2), nn.Linear(2, 3)).double()
+    ids = torch.tensor([0, 1, 2, 3, 4, 0, 0, 2, 4, 4, 1, 3])
+    Y = torch.randn(len(ids), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    task = tda.Task(model, loss="mse", params=["0"])
+    S = {
+        s: IF(task, solver=s, curvature="ggn", damping=0.05).fit((ids, Y)).scores((ids, Y))
+        for s in ("exact", "kfac", "ekfac")
+    }
+    assert float(S["exact"].abs().max()) > 1e-2
+    for s in ("kfac", "ekfac"):
+        assert torch.allclose(S[s], S["exact"], rtol=1e-9, atol=1e-12)
+
+
+def test_solver_options_round_trip_through_the_config(small) -> None:
+    _, task, train, queries = small
+    m = IF(task, solver=CG(tol=1e-10, max_iter=70), damping=Relative(0.2, estimate="grad_sq"))
+    config = m.to_config()
+    assert config["solver"] == {"name": "cg", "tol": 1e-10, "max_iter": 70, "block": 128}
+    assert config["damping"] == Relative(0.2, estimate="grad_sq").to_config()
+    for rebuilt in (m.clone(), tda.from_config(config, task)):
+        assert rebuilt.solver.to_config() == m.solver.to_config()
+        assert rebuilt.damping == m.damping and rebuilt.curvature == "ggn"
+    S = m.fit(train).scores(queries)
+    assert torch.equal(m.clone().fit(train).scores(queries), S)
 
 
 def singular_regression():
@@ -229,7 +280,19 @@ def singular_regression():
     return tda.Task(model, loss="mse"), (X, y), (X[:3], y[:3])
 
 
-@pytest.mark.parametrize("solver", ["exact", "projected", "cg", "lissa", "arnoldi", "datainf"])
+SOLVERS = {
+    "exact": Exact,
+    "projected": lambda: Projected(dim=8),
+    "cg": lambda: CG(max_iter=50),
+    "lissa": lambda: LiSSA(depth=100),
+    "arnoldi": Arnoldi,
+    "kfac": tda.solvers.KFAC,
+    "ekfac": tda.solvers.EKFAC,
+    "datainf": DataInf,
+}
+
+
+@pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("case", ["singular", "indefinite"])
 def test_badly_conditioned_problems_raise_or_stay_finite(small, solver: str, case: str) -> None:
     if case == "singular":
@@ -237,47 +300,68 @@ def test_badly_conditioned_problems_raise_or_stay_finite(small, solver: str, cas
         curvature, lam = None, 0.0
     else:
         _, task, train, queries = small
-        curvature, lam = ("hessian" if solver not in ("projected", "datainf") else None), 1e-9
-    kw = {"projection": 8} if solver == "projected" else {}
+        hessian_ok = "hessian" in SOLVERS[solver]().curvatures
+        curvature, lam = ("hessian" if hessian_ok else None), 1e-9
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # non-convergence is reported
-            m = IF(
-                task, solver=solver, curvature=curvature, damping=lam, max_iter=50, depth=100, **kw
-            )
+            m = IF(task, solver=SOLVERS[solver](), curvature=curvature, damping=lam)
             S = m.fit(train).scores(queries)
     except tda.TdakitError as err:
         assert "damping" in str(err)
         return
     assert torch.isfinite(S).all()
+    if case == "singular":  # gradients lie in the curvature's range: pinv is the answer
+        (X, y), (Xq, yq) = train, queries
+        w = task.model.weight.detach().T
+        G, Gq = (X @ w - y) * X, (Xq @ w - yq) * Xq
+        ref = Gq @ torch.linalg.pinv(X.T @ X / len(X)) @ G.T / len(X)
+        assert rel_err(S, ref) < 1e-5  # not amplified rounding noise from null directions
 
 
 def test_exact_solver_error_names_the_fixes(small) -> None:
     _, task, train, _ = small
-    with pytest.raises(tda.TdakitError, match=r"smallest eigenvalue.*curvature='ggn'"):
+    with pytest.raises(tda.NumericalError, match=r"smallest eigenvalue.*curvature='ggn'"):
         IF(task, curvature="hessian", damping=1e-9).fit(train)
 
 
 def test_bad_inputs_raise_clear_errors(small) -> None:
     _, task, train, queries = small
     cases = [
-        (dict(solver="newton"), "Unknown solver"),
+        (dict(solver="newton"), "Unknown solver 'newton'"),
+        (dict(solver={"name": "cg", "rank": 10}), r"Bad options for solver 'cg'.*'rank'"),
         (dict(damping=-1.0), ">= 0"),
         (dict(damping=float("nan")), ">= 0"),
-        (dict(damping_mode="percent"), "damping_mode"),
-        (dict(solver="projected"), "needs projection"),
-        (dict(solver="cg", projection=8), "only used by solver='projected'"),
+        (dict(damping="relative"), "must be a number"),
+        (dict(damping={"relative": 0.1, "mode": "x"}), r"relative damping option.*'mode'"),
+        (dict(solver="cg", projection=8), r"takes no projection=.*Projected\(dim=k\)"),
         (dict(solver="datainf", curvature="hessian"), "works with curvature"),
+        (dict(solver="kfac", curvature="fisher"), "works with curvature"),
         (dict(curvature="laplace"), "works with curvature"),
-        (dict(diag_estimate="magic"), "diag_estimate"),
-        (dict(solver="projected", projection=0), "positive int"),
+        (dict(damping={"relative": 0.1, "estimate": "magic"}), "Unknown estimate 'magic'"),
+        (dict(solver={"name": "projected", "dim": 0}), "dim must be an integer > 0"),
+        # the former flat options are refused, naming the solver object that holds them
+        (dict(solver="cg", tol=1e-12), r"tol= -> tda.solvers.CG\(tol="),
+        (dict(solver="cg", max_iter=5, solve_block=3), r"max_iter=.*block="),
+        (dict(solver="arnoldi", rank=10), r"Arnoldi\(rank="),
+        (dict(solver="lissa", depth=10, lissa_batch_size=5), r"LiSSA\(depth=.*batch_size="),
+        (dict(solver="lissa", seed=1), r"LiSSA\(seed="),
+        (dict(damping_mode="relative"), r"Relative\(c\)"),
+        (dict(diag_estimate="grad_sq"), r"Relative\(c, estimate="),
+        (dict(max_explicit_params=10), r"Exact\(max_params="),
     ]
     for kw, msg in cases:
-        with pytest.raises(tda.TdakitError, match=msg):
+        with pytest.raises(ConfigError, match=msg):
             IF(task, **kw)
-    with pytest.raises(tda.TdakitError, match="not fitted"):
+    m = IF(task, solver="projected")  # the solver's default dimension; features follow it
+    assert m.projector is m.solver.projector and m.projector.dim == 512
+    with pytest.raises(NotFittedError, match="not fitted"):
         IF(task).scores(queries)
-    with pytest.raises(tda.TdakitError, match="solver='cg'"):
-        IF(task, max_explicit_params=10).fit(train)
-    with pytest.raises(tda.TdakitError, match="damping > 0"):
+    with pytest.raises(ConfigError, match="solver='cg'"):
+        IF(task, solver=Exact(max_params=10)).fit(train)
+    with pytest.raises(ConfigError, match="projected matrix"):
+        IF(task, solver=Projected(dim=20, max_params=10)).fit(train)
+    with pytest.raises(ConfigError, match="damping > 0"):
         IF(task, solver="datainf", damping=0.0).fit(train)
+    with pytest.raises(ConfigError, match="DataInf's relative damping"):
+        IF(task, solver="datainf", damping=Relative(0.1, estimate="hutchinson")).fit(train)

@@ -8,10 +8,16 @@ from torch import nn
 from torch.func import hessian, jacrev, vmap
 
 import tdakit as tda
-from tdakit.curvature.kfac import KFAC
-from tdakit.errors import TdakitError
+from tdakit.data.sources import as_source
+from tdakit.errors import ConfigError, NotFittedError, NumericalError
+from tdakit.preconditioners import EKFAC, KFAC, Curvature
 
 D = torch.float64
+
+
+def fit(task, X, y, damping=0.1, ekfac=False, batch_size=128, kind="ggn"):
+    solver = EKFAC() if ekfac else KFAC()
+    return solver.fit(Curvature(task, as_source((X, y)), kind, damping, batch_size=batch_size))
 
 
 def _data(n=12, d=4, classes=3, seed=0):
@@ -50,8 +56,13 @@ def exact_ggn(task, X, y):
 
 
 def layer_index(layer):
-    """Flat indices of a layer's [out, in(+1)] matrix, row-major."""
+    """Flat indices of a layer's [out, in(+1)] matrix, row-major (an Embedding's
+    [vocab, dim] weight is the transpose; a LayerNorm's are its weight then bias)."""
+    if layer.kind == "diagonal":
+        return torch.cat([torch.arange(*s) for s in layer.slots()])
     out = layer.out_features
+    if layer.kind == "embedding":
+        return torch.arange(*layer.weight).reshape(-1, out).T.reshape(-1)
     cols = []
     if layer.weight is not None:
         a, b = layer.weight
@@ -61,21 +72,46 @@ def layer_index(layer):
     return torch.cat(cols, 1).reshape(-1)
 
 
+def block(M, layer):
+    """The layer's diagonal block of a [P, P] matrix, in layer_index order."""
+    idx = layer_index(layer)
+    return M[idx[:, None], idx[None, :]]
+
+
 def dense_kfac(k):
     """The dense block-diagonal curvature that K-FAC/EK-FAC represent."""
     M = torch.zeros(k.num_params, k.num_params, dtype=D)
-    for layer in k.layers:
+    for layer in k.layers_:
         idx = layer_index(layer)
-        Q = torch.kron(layer.QG, layer.QA)
+        Q = basis(layer)
         M[idx[:, None], idx[None, :]] = Q @ torch.diag(layer.eigenvalues.reshape(-1)) @ Q.T
     return M
+
+
+def basis(layer):
+    """The Kronecker eigenbasis QG (x) QA (QA = I for embeddings, I for LayerNorm)."""
+    if layer.kind == "diagonal":
+        return torch.eye(layer.eigenvalues.numel(), dtype=D)
+    QA = torch.eye(len(layer.A), dtype=D) if layer.QA is None else layer.QA
+    return torch.kron(layer.QG.contiguous(), QA.contiguous())
+
+
+def exact_basis_diagonal(ggn, layer):
+    """diag(Q^T GGN_block Q): what EK-FAC's eigenvalues must be."""
+    Q = basis(layer)
+    return torch.diagonal(Q.T @ block(ggn, layer) @ Q).reshape(layer.eigenvalues.shape)
+
+
+def dense_solve(k, V, lam):
+    """(dense K-FAC matrix + lam I)^{-1} on the rows of V."""
+    return torch.linalg.solve(dense_kfac(k) + lam * torch.eye(len(V.T), dtype=D), V.T).T
 
 
 def test_factors_match_per_example_brute_force():
     model = _mlp(inplace=True)
     X, y = _data()
-    k = KFAC(tda.Task(model), damping=0.1, batch_size=5).fit(X, y)
-    first, last = k.layers
+    k = fit(tda.Task(model), X, y, damping=0.1, batch_size=5)
+    first, last = k.layers_
     W1, b1, W2 = model[0].weight, model[0].bias, model[2].weight
     A1 = torch.zeros(5, 5, dtype=D)
     A2 = torch.zeros(6, 6, dtype=D)
@@ -102,16 +138,15 @@ def test_single_example_single_linear_layer_is_exact_ggn():
     model = nn.Linear(4, 3).to(D)
     X, y = _data(n=1)
     task = tda.Task(model)
-    k = KFAC(task, damping=0.1).fit(X, y)
-    (layer,) = k.layers
-    idx = layer_index(layer)
-    exact = exact_ggn(task, X, y)[idx[:, None], idx[None, :]]
+    k = fit(task, X, y, damping=0.1)
+    (layer,) = k.layers_
+    exact = block(exact_ggn(task, X, y), layer)
     torch.testing.assert_close(torch.kron(layer.G, layer.A), exact, rtol=1e-10, atol=1e-12)
     # with two examples the Kronecker product of means is no longer the mean of products
     X2, y2 = _data(n=2)
-    k2 = KFAC(task, damping=0.1).fit(X2, y2)
-    l2 = k2.layers[0]
-    err = (torch.kron(l2.G, l2.A) - exact_ggn(task, X2, y2)[idx[:, None], idx[None, :]]).norm()
+    k2 = fit(task, X2, y2, damping=0.1)
+    l2 = k2.layers_[0]
+    err = (torch.kron(l2.G, l2.A) - block(exact_ggn(task, X2, y2), layer)).norm()
     assert err > 1e-3
 
 
@@ -120,31 +155,31 @@ def test_apply_equals_dense_damped_inverse(eigen_correction):
     model = _mlp()
     X, y = _data()
     task = tda.Task(model)
-    k = KFAC(task, damping=0.05, eigen_correction=eigen_correction).fit(X, y)
+    k = fit(task, X, y, damping=0.05, ekfac=eigen_correction)
+    assert type(k) is (EKFAC if eigen_correction else KFAC)
     # the represented matrix is the Kronecker product of the factors (K-FAC)
     if not eigen_correction:
-        for layer in k.layers:
+        for layer in k.layers_:
             Q = torch.kron(layer.QG, layer.QA)
             dense = Q @ torch.diag(layer.eigenvalues.reshape(-1)) @ Q.T
             torch.testing.assert_close(dense, torch.kron(layer.G, layer.A), atol=1e-12, rtol=0)
     V = torch.randn(7, task.num_params, dtype=D, generator=torch.Generator().manual_seed(3))
-    want = torch.linalg.solve(dense_kfac(k) + 0.05 * torch.eye(task.num_params, dtype=D), V.T).T
+    want = dense_solve(k, V, 0.05)
     torch.testing.assert_close(k.apply(V), want, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(k.apply(V[0]), want[0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(k.apply(V[:1]), want[:1], rtol=1e-9, atol=1e-10)
+    P = task.num_params
+    with pytest.raises(ConfigError, match=rf"rows of length {P}.*got shape \({P},\)"):
+        k.apply(V[0])  # rows [n, P] only
 
 
 def test_ekfac_eigenvalues_are_exact_ggn_diagonal_in_kronecker_basis():
     model = _mlp(seed=2)
     X, y = _data(seed=2)
     task = tda.Task(model)
-    ek = KFAC(task, damping=0.1, eigen_correction=True, batch_size=4).fit(X, y)
+    ek = fit(task, X, y, damping=0.1, ekfac=True, batch_size=4)
     ggn = exact_ggn(task, X, y)
-    for layer in ek.layers:
-        idx = layer_index(layer)
-        Q = torch.kron(layer.QG, layer.QA)
-        want = torch.diagonal(Q.T @ ggn[idx[:, None], idx[None, :]] @ Q).reshape(
-            layer.eigenvalues.shape
-        )
+    for layer in ek.layers_:
+        want = exact_basis_diagonal(ggn, layer)
         torch.testing.assert_close(layer.eigenvalues, want, rtol=1e-9, atol=1e-12)
 
 
@@ -158,11 +193,9 @@ def test_ekfac_closer_to_exact_ggn_than_kfac():
         X, y = _data(n=40, d=5, classes=4, seed=seed)
         task = tda.Task(model)
         ggn = exact_ggn(task, X, y)
-        kfac, ekfac = (
-            KFAC(task, damping=0.01, eigen_correction=ec).fit(X, y) for ec in (False, True)
-        )
+        kfac, ekfac = (fit(task, X, y, damping=0.01, ekfac=ec) for ec in (False, True))
         blocks = torch.zeros_like(ggn)
-        for layer in kfac.layers:
+        for layer in kfac.layers_:
             idx = layer_index(layer)
             blocks[idx[:, None], idx[None, :]] = ggn[idx[:, None], idx[None, :]]
         err_k, err_ek = ((dense_kfac(k) - blocks).norm() for k in (kfac, ekfac))
@@ -170,7 +203,7 @@ def test_ekfac_closer_to_exact_ggn_than_kfac():
         # Pythagoras in the eigenbasis: EK-FAC removes exactly the diagonal part of the error
         diag_gap = sum(
             (a.eigenvalues - b.eigenvalues).pow(2).sum()
-            for a, b in zip(kfac.layers, ekfac.layers, strict=True)
+            for a, b in zip(kfac.layers_, ekfac.layers_, strict=True)
         )
         torch.testing.assert_close(err_k**2 - err_ek**2, diag_gap, rtol=1e-8, atol=1e-14)
         assert diag_gap > 1e-6
@@ -184,8 +217,8 @@ def test_conv2d_factors_and_ekfac_against_brute_force():
     X = torch.randn(6, 2, 5, 5, dtype=D, generator=g)
     y = torch.randint(0, 4, (6,), generator=g)
     task = tda.Task(model, params=["0"])
-    k = KFAC(task, damping=0.1, eigen_correction=True).fit(X, y)
-    (layer,) = k.layers
+    k = fit(task, X, y, damping=0.1, ekfac=True)
+    (layer,) = k.layers_
     A = torch.zeros(19, 19, dtype=D)
     G = torch.zeros(3, 3, dtype=D)
     xp = nn.functional.pad(X, (1, 1, 1, 1))
@@ -204,10 +237,7 @@ def test_conv2d_factors_and_ekfac_against_brute_force():
                 G += J.T @ lam @ J
     torch.testing.assert_close(layer.A, A / len(X), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(layer.G, G / len(X), rtol=1e-10, atol=1e-12)
-    idx = layer_index(layer)
-    Q = torch.kron(layer.QG, layer.QA)
-    block = exact_ggn(task, X, y)[idx[:, None], idx[None, :]]
-    want = torch.diagonal(Q.T @ block @ Q).reshape(layer.eigenvalues.shape)
+    want = exact_basis_diagonal(exact_ggn(task, X, y), layer)
     torch.testing.assert_close(layer.eigenvalues, want, rtol=1e-9, atol=1e-12)
 
 
@@ -216,15 +246,12 @@ def test_partially_selected_layers(params):
     model = _mlp(seed=6)
     X, y = _data(n=1, seed=6)
     task = tda.Task(model, params=params, loss="cross_entropy")
-    k = KFAC(task, damping=0.2).fit(X, y)
+    k = fit(task, X, y, damping=0.2)
     # one example: every layer block is exact
     ggn = exact_ggn(task, X, y)
     dense = dense_kfac(k)
-    for layer in k.layers:
-        idx = layer_index(layer)
-        torch.testing.assert_close(
-            dense[idx[:, None], idx[None, :]], ggn[idx[:, None], idx[None, :]], atol=1e-10, rtol=0
-        )
+    for layer in k.layers_:
+        torch.testing.assert_close(block(dense, layer), block(ggn, layer), atol=1e-10, rtol=0)
 
 
 def test_mse_curvature_is_gauss_newton():
@@ -232,16 +259,12 @@ def test_mse_curvature_is_gauss_newton():
     X, _ = _data(n=1, seed=7)
     Y = torch.randn(1, 2, dtype=D)
     task = tda.Task(model, loss="mse")
-    k = KFAC(task, damping=0.1, eigen_correction=True).fit(X, Y)
-    torch.testing.assert_close(k.layers[1].G, torch.eye(2, dtype=D), atol=1e-12, rtol=0)
+    k = fit(task, X, Y, damping=0.1, ekfac=True)
+    torch.testing.assert_close(k.layers_[1].G, torch.eye(2, dtype=D), atol=1e-12, rtol=0)
     ggn = exact_ggn(task, X, Y)
-    for layer in k.layers:
-        idx = layer_index(layer)
+    for layer in k.layers_:
         torch.testing.assert_close(
-            dense_kfac(k)[idx[:, None], idx[None, :]],
-            ggn[idx[:, None], idx[None, :]],
-            atol=1e-10,
-            rtol=0,
+            block(dense_kfac(k), layer), block(ggn, layer), atol=1e-10, rtol=0
         )
 
 
@@ -265,29 +288,121 @@ class _Raw(nn.Module):
 
 
 def test_clear_errors():
+    X3, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    y2 = torch.tensor([0, 1, 0, 1])
     bn = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3))
-    with pytest.raises(TdakitError, match=r"'1\.weight'.*BatchNorm1d.*params="):
-        KFAC(tda.Task(bn), damping=0.1)
-    emb = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 3))
-    with pytest.raises(TdakitError, match="Embedding"):
-        KFAC(tda.Task(emb), damping=0.1)
-    with pytest.raises(TdakitError, match="'scale'.*the model itself"):
-        KFAC(tda.Task(_Raw()), damping=0.1)
-    KFAC(tda.Task(_Raw(), params=["lin"]), damping=0.1)  # restricting works
-    for bad in (0, -1.0, float("nan"), float("inf"), True, "1"):
-        with pytest.raises(TdakitError, match="damping"):
-            KFAC(tda.Task(nn.Linear(3, 2)), damping=bad)
-    k = KFAC(tda.Task(nn.Linear(3, 2)), damping=0.1)
-    with pytest.raises(TdakitError, match="not fitted"):
-        k.apply(torch.zeros(8))
-    k.fit(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))
-    with pytest.raises(TdakitError, match="length 8"):
-        k.apply(torch.zeros(2, 7))
-    with pytest.raises(TdakitError, match="ran 2 times"):
-        KFAC(tda.Task(_Shared()), damping=0.1).fit(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))
     grouped = nn.Sequential(nn.Conv2d(2, 2, 3, groups=2), nn.Flatten(), nn.Linear(2, 2))
-    with pytest.raises(TdakitError, match="groups=1"):
-        KFAC(tda.Task(grouped), damping=0.1)
+    emb = nn.Sequential(nn.Embedding(5, 4, max_norm=1.0), nn.Linear(4, 3))
+    for model, X, Y, msg in [
+        (bn, torch.randn(4, 4), y, r"'1\.weight'.*BatchNorm1d.*params="),
+        (_Raw(), X3, y, "'scale'.*the model itself"),
+        (_Shared(), X3, y, r"exactly once per forward pass.*params="),
+        (grouped, torch.randn(4, 2, 3, 3), y2, "groups=1"),
+        (emb, torch.tensor([0, 1, 2, 3]), y, "max_norm"),
+    ]:
+        with pytest.raises(ConfigError, match=msg):
+            fit(tda.Task(model), X, Y)
+    fit(tda.Task(_Raw(), params=["lin"]), X3, y)  # restricting works
+    lin = tda.Task(nn.Linear(3, 2))
+    for bad in (-1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ConfigError, match="damping"):
+            fit(lin, X3, y2, damping=bad)
+    for kind in ("hessian", "fisher"):
+        with pytest.raises(ConfigError, match="curvature"):
+            fit(lin, X3, y2, kind=kind)
+    # damping 0 is allowed, but 2-class cross-entropy has a rank-1 G: nothing to invert
+    with pytest.raises(NumericalError, match=r"'' has \(numerically\) zero.*damping > 0"):
+        fit(lin, X3, y2, damping=0.0).apply(torch.zeros(1, 8))
+    k = KFAC()
+    with pytest.raises(NotFittedError, match="not fitted"):
+        k.apply(torch.zeros(1, 8))
+    k.fit(Curvature(lin, as_source((X3, y2)), "ggn", 0.1))
+    for bad in (torch.zeros(2, 7), torch.zeros(8)):
+        with pytest.raises(ConfigError, match="length 8"):
+            k.apply(bad)
+    with pytest.raises(ConfigError, match="compute_dtype"):
+        KFAC(compute_dtype="float16")
+
+
+def test_embedding_kfac_is_the_exact_full_rank_ggn_block_for_a_linear_mse_head():
+    """Emb -> Linear with MSE: the embedding's GGN block is exactly (W2^T W2) (x)
+    diag(token frequencies), full rank; K-FAC and EK-FAC represent it exactly."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Embedding(5, 2), nn.Linear(2, 3)).to(D)
+    ids = torch.tensor([0, 1, 2, 3, 4, 0, 0, 2, 4, 4, 1, 3])
+    Y = torch.randn(len(ids), 3, dtype=D, generator=torch.Generator().manual_seed(10))
+    task = tda.Task(model, loss="mse", params=["0"])
+    exact = exact_ggn(task, ids, Y)
+    assert float(torch.linalg.eigvalsh(exact)[0]) > 1e-3  # full rank
+    V = torch.randn(4, task.num_params, dtype=D, generator=torch.Generator().manual_seed(1))
+    want = torch.linalg.solve(exact + 0.05 * torch.eye(len(exact), dtype=D), V.T).T
+    freq = torch.bincount(ids, minlength=5).to(D) / len(ids)
+    for ekfac in (False, True):
+        k = fit(task, ids, Y, damping=0.05, ekfac=ekfac)
+        (layer,) = k.layers_
+        assert layer.kind == "embedding" and layer.QA is None
+        torch.testing.assert_close(layer.A, freq, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(dense_kfac(k), exact, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(k.apply(V), want, rtol=1e-9, atol=1e-11)
+        # undamped: the explicit Kronecker inverse G^{-1} (x) diag(1 / A), [dim, vocab] order
+        Kinv = torch.kron(layer.G.inverse().contiguous(), torch.diag(1 / freq))
+        idx = layer_index(layer)
+        got = fit(task, ids, Y, damping=0.0, ekfac=ekfac).apply(V)
+        torch.testing.assert_close(got[:, idx], V[:, idx] @ Kinv.T)
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0])
+def test_embedding_sequences_ekfac_eigenvalues_and_apply(padding_idx):
+    torch.manual_seed(11)
+    emb = nn.Embedding(6, 3, padding_idx=padding_idx)  # 4 tokens per example
+    model = nn.Sequential(emb, nn.Tanh(), nn.Flatten(), nn.Linear(12, 3)).to(D)
+    g = torch.Generator().manual_seed(11)
+    ids, y = torch.randint(0, 6, (9, 4), generator=g), torch.randint(0, 3, (9,), generator=g)
+    ids[0] = torch.tensor([2, 2, 5, 2])  # repeated tokens in one example
+    task = tda.Task(model)
+    ggn = exact_ggn(task, ids, y)
+    kfac, ek = (fit(task, ids, y, damping=0.05, ekfac=e, batch_size=4) for e in (False, True))
+    emb = ek.layers_[0]
+    counts = torch.stack([torch.bincount(row, minlength=6) for row in ids]).to(D)
+    torch.testing.assert_close(emb.A, counts.mean(0) / 4, rtol=1e-12, atol=1e-14)
+    for layer in ek.layers_:
+        want = exact_basis_diagonal(ggn, layer)
+        torch.testing.assert_close(layer.eigenvalues, want, rtol=1e-9, atol=1e-12)
+    if padding_idx is not None:  # the padding row never gets a gradient
+        assert float(emb.eigenvalues[:, padding_idx].abs().max()) == 0.0
+    V = torch.randn(5, task.num_params, dtype=D, generator=torch.Generator().manual_seed(2))
+    for k in (kfac, ek):
+        torch.testing.assert_close(k.apply(V), dense_solve(k, V, 0.05), rtol=1e-9, atol=1e-10)
+    err_k, err_ek = ((block(dense_kfac(k), emb) - block(ggn, emb)).norm() for k in (kfac, ek))
+    assert err_ek < err_k  # EK-FAC: the best diagonal in the same basis
+
+
+@pytest.mark.parametrize(
+    ("shape", "bias"), [((10, 4), True), ((8, 3, 4), True), ((8, 3, 4), False)]
+)
+def test_layernorm_gets_the_exact_ggn_diagonal(shape, bias):
+    torch.manual_seed(12)
+    T = 1 if len(shape) == 2 else shape[1]  # [B, 4] or positions [B, T, 4]
+    norm = nn.LayerNorm(5, bias=bias)
+    model = nn.Sequential(nn.Linear(4, 5), norm, nn.Tanh(), nn.Flatten(), nn.Linear(5 * T, 3))
+    model = model.to(D)
+    with torch.no_grad():  # away from the default weight 1, bias 0
+        for p in norm.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(12)
+    X, y = torch.randn(*shape, dtype=D, generator=g), torch.randint(0, 3, (shape[0],), generator=g)
+    task = tda.Task(model)
+    diag = exact_ggn(task, X, y).diagonal()
+    V = torch.randn(3, task.num_params, dtype=D, generator=torch.Generator().manual_seed(4))
+    for ekfac in (False, True):
+        k = fit(task, X, y, damping=0.02, ekfac=ekfac, batch_size=3)
+        layer = k.layers_[1]
+        idx = layer_index(layer)
+        assert layer.kind == "diagonal" and len(idx) == (10 if bias else 5)
+        torch.testing.assert_close(layer.eigenvalues, diag[idx], rtol=1e-9, atol=1e-13)
+        out = k.apply(V)
+        torch.testing.assert_close(out[:, idx], V[:, idx] / (diag[idx] + 0.02))
+        torch.testing.assert_close(out, dense_solve(k, V, 0.02), rtol=1e-9, atol=1e-10)
 
 
 def test_float32_model_and_lenet_style_network():
@@ -298,7 +413,7 @@ def test_float32_model_and_lenet_style_network():
     X = torch.randn(10, 1, 4, 4)
     y = torch.randint(0, 3, (10,))
     task = tda.Task(model)
-    k = KFAC(task, damping=1e-2, eigen_correction=True, batch_size=3).fit(X, y)
+    k = fit(task, X, y, damping=1e-2, ekfac=True, batch_size=3)
     V = torch.randn(4, task.num_params)
     out = k.apply(V)
     assert out.dtype == torch.float32 and out.shape == V.shape

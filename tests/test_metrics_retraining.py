@@ -43,6 +43,11 @@ class RidgeRecipe:
         return lin
 
 
+def ridge_classifier(X, y, indices, init_seed, batch_seed) -> nn.Module:
+    """A plain training function: no recipe object, no loss attribute."""
+    return RidgeRecipe(classes=3).train(X, y, indices=indices)
+
+
 def _regression(n=30, d=4, nq=8, seed=0):
     rng = np.random.default_rng(seed)
     w = rng.normal(size=d)
@@ -121,6 +126,17 @@ def test_counterfactual_sensitivity_classification_flips_and_entropy():
     assert "flip_rate_random" in r.details and "delta_entropy_random_ci" in r.details
     summary = json.loads(json.dumps(r.to_dict()))  # reports can serialise every field
     assert summary["details"]["vs_random"]["n"] == len(Xq)
+
+
+def test_counterfactual_sensitivity_with_a_function_recipe_defaults_to_cross_entropy():
+    X, y, Xq, yq = _blobs()
+    S = torch.randn(len(Xq), len(X), generator=torch.Generator().manual_seed(1))
+    kw = {"k": 4, "random_seed": 2, "progress": False}
+    ref = metrics.counterfactual_sensitivity(S, RidgeRecipe(classes=3), X, y, Xq, yq, **kw)
+    recipe = tda.training.FunctionRecipe(ridge_classifier)  # loss=None: cross-entropy
+    r = metrics.counterfactual_sensitivity(S, recipe, X, y, Xq, yq, **kw)
+    assert torch.equal(r.per_query, ref.per_query)
+    assert torch.equal(r.details["flips"], ref.details["flips"])
 
 
 def test_counterfactual_sensitivity_errors():

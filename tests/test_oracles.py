@@ -293,12 +293,11 @@ def test_oracles_measure_with_the_tasks_custom_loss_and_measurement():
     res = leave_one_out(recipe, (X, y), (Xq, yq), removed=[4], task=task, executor=SERIAL)
     expect = neg_prob(out_without, yq) - neg_prob(out_full, yq)
     torch.testing.assert_close(res.scores[:, 0], expect, rtol=0, atol=1e-12)
+    assert expect.abs().max() > 1e-4  # the effect is far above the tolerance
     sub = subset_retraining(
         recipe, (X, y), (Xq, yq), n_subsets=2, seed=3, task=task, executor=SERIAL
     )
-    model = recipe.train(
-        X, y, indices=sub.masks[1].nonzero().squeeze(1), init_seed=1, batch_seed=1
-    )
+    model = recipe.train(X, y, indices=sub.masks[1].nonzero().squeeze(1), init_seed=1, batch_seed=1)
     with torch.no_grad():
         torch.testing.assert_close(sub.losses[1], neg_prob(model(Xq), yq), rtol=0, atol=1e-12)
     with pytest.raises(ConfigError, match="not both"):

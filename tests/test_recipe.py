@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tdakit.errors import TdakitError
+from tdakit.execution import content_key
+from tdakit.fingerprints import describe_callable
 from tdakit.training import TrainingRecipe, epoch_batches
 from tdakit.training.loop import _FirstOrder
 
@@ -28,6 +32,18 @@ def _flat(model: nn.Module) -> torch.Tensor:
 
 def _linear_factory(init_seed: int, d: int = 3) -> nn.Module:
     return nn.Linear(d, 3)
+
+
+def per_example_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def smoothed_ce(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(outputs, targets, reduction="none", label_smoothing=0.3)
+
+
+def abs_error(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return (outputs.squeeze(1) - targets).abs()
 
 
 RECIPE = TrainingRecipe("mlp", model_kwargs={"hidden": (8,)}, lr=0.1, epochs=2, batch_size=5)
@@ -190,3 +206,30 @@ def test_nonfinite_loss_is_reported():
     X, y = _data()
     with pytest.raises(TdakitError, match="non-finite"):
         RECIPE.replace(lr=1e30, momentum=0.0).train(X * 1e10, y)
+
+
+def test_callable_loss_trains_and_is_described_in_the_config():
+    X, y = _data()
+    custom = RECIPE.replace(loss=per_example_ce)  # integer labels reach the callable as labels
+    run = custom.run(X, y, init_seed=2, batch_seed=3)
+    assert run.losses[-1] < run.losses[0]
+    ref = RECIPE.train(X, y, init_seed=2, batch_seed=3)  # the named loss, same computation
+    assert torch.equal(_flat(run.model), _flat(ref))
+    smoothed = RECIPE.replace(loss=smoothed_ce)
+    assert not torch.equal(_flat(smoothed.train(X, y, init_seed=2, batch_seed=3)), _flat(ref))
+
+    config = custom.config()
+    assert config["loss"] == describe_callable(per_example_ce)
+    assert config["loss"]["name"].endswith("per_example_ce") and config["loss"]["code"]
+    assert json.loads(json.dumps(config)) == config  # JSON-able: part of every cache key
+    again = pickle.loads(pickle.dumps(custom))
+    assert again.config() == config and hash(again) == hash(custom)
+    keys = {content_key(r) for r in (RECIPE, custom, smoothed)}
+    assert len(keys) == 3  # each loss its own cache entries
+
+    # float targets with a callable loss: regression on the recipe's dtype
+    Xr = X[:, :2]
+    yr = Xr @ torch.tensor([1.0, -2.0], dtype=torch.float64)
+    reg = TrainingRecipe("linear", loss=abs_error, lr=0.2, momentum=0.0, epochs=10, batch_size=6)
+    run = reg.run(Xr, yr)
+    assert run.model.head.out_features == 1 and run.losses[-1] < 0.5 * run.losses[0]

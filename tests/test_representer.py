@@ -45,7 +45,7 @@ def test_decomposition_reproduces_refit_outputs(bias, newton, monkeypatch):
     X, y = _data()
     model = _trained(bias=bias)
     rp = tda.RepresenterPoints(tda.Task(model), l2=1e-3).fit((X, y))
-    assert rp.converged and rp.refit_grad_norm < 1e-10
+    assert rp.converged_ and rp.refit_grad_norm_ < 1e-10
     Xq, yq = _data(n=7, seed=3)
     check = rp.decomposition_check((Xq, yq))
     assert check.max_abs_error < 1e-9 * float(check.refit_outputs.abs().max())
@@ -54,13 +54,13 @@ def test_decomposition_reproduces_refit_outputs(bias, newton, monkeypatch):
     H = _features(model, Xq, bias)
     assert (check.refit_outputs - model(Xq)).abs().max() > 1e-3
     # ... and alpha has the closed form -(softmax(o_i) - e_{y_i}) / (2 lambda N)
-    O = _features(model, X, bias) @ rp.weights.T
+    O = _features(model, X, bias) @ rp.weights_.T
     want = -(O.softmax(1) - nn.functional.one_hot(y, 3)) / (2e-3 * len(X))
-    torch.testing.assert_close(rp.alpha, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(rp.alpha_, want, rtol=1e-12, atol=1e-14)
     # scores toward the query's label sum to the refit logit of that label
     S = rp.scores((Xq, yq))
     torch.testing.assert_close(
-        S.sum(1), (H @ rp.weights.T)[torch.arange(7), yq], rtol=1e-9, atol=1e-9
+        S.sum(1), (H @ rp.weights_.T)[torch.arange(7), yq], rtol=1e-9, atol=1e-9
     )
     torch.testing.assert_close(rp.self_scores(), torch.diagonal(rp.scores((X, y))))
 
@@ -75,11 +75,11 @@ def test_mse_refit_matches_ridge_closed_form_and_residual_weights():
     Ht = torch.cat([model[1](model[0](X)).detach(), torch.ones(40, 1, dtype=D)], 1)
     # minimiser of (1/N) sum 0.5 |W h - y|^2 + lam |W|^2
     W = torch.linalg.solve(Ht.T @ Ht / 40 + 2 * lam * torch.eye(7, dtype=D), Ht.T @ Y / 40).T
-    torch.testing.assert_close(rp.weights, W, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rp.weights_, W, rtol=1e-10, atol=1e-12)
     Xq, Yq = X[:5], Y[:5]
     Hq = Ht[:5]
     resid = Yq - Hq @ W.T  # w_q = -d(0.5 |o - y|^2)/do
-    want = (resid @ rp.alpha.T) * (Hq @ Ht.T)
+    want = (resid @ rp.alpha_.T) * (Hq @ Ht.T)
     torch.testing.assert_close(rp.scores((Xq, Yq)), want, rtol=1e-9, atol=1e-12)
 
 
@@ -89,13 +89,13 @@ def test_logit_and_custom_measurements():
     rp = tda.RepresenterPoints(tda.Task(model, measurement=2), l2=1e-2).fit((X, y))
     H = _features(model, X)
     kern = H[:4] @ H.T
-    torch.testing.assert_close(rp.scores((X[:4], y[:4])), rp.alpha[:, 2][None, :] * kern)
+    torch.testing.assert_close(rp.scores((X[:4], y[:4])), rp.alpha_[:, 2][None, :] * kern)
 
     def neg_logit_sum(o, t):
         return -(o[:, 0] + 2 * o[:, 1])
 
     rp = tda.RepresenterPoints(tda.Task(model, measurement=neg_logit_sum), l2=1e-2).fit((X, y))
-    want = (rp.alpha[:, 0] + 2 * rp.alpha[:, 1])[None, :] * kern
+    want = (rp.alpha_[:, 0] + 2 * rp.alpha_[:, 1])[None, :] * kern
     torch.testing.assert_close(rp.scores((X[:4], y[:4])), want)
 
 
@@ -125,11 +125,13 @@ def test_float32_model_and_non_convergence_warning():
     rp = tda.RepresenterPoints(tda.Task(model), l2=1e-3).fit((X.float(), y))
     S = rp.scores((X[:3].float(), y[:3]))
     assert S.dtype == torch.float32
+    assert rp.top_k((X[:3].float(), y[:3]), k=2)[1].dtype == torch.float32
+    assert rp.self_scores().dtype == torch.float32
     check = rp.decomposition_check((X[:3].float(), y[:3]))
     assert check.max_abs_error < 1e-9
     with pytest.warns(RuntimeWarning, match="did not converge"):
         rp = tda.RepresenterPoints(tda.Task(model), l2=1e-3, tolerance=1e-300).fit((X.float(), y))
-    assert not rp.converged
+    assert not rp.converged_
 
 
 def test_clear_errors():

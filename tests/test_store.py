@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdakit.storage import fileio
 from tdakit.errors import TdakitError
+from tdakit.storage import fileio
 from tdakit.storage.store import FeatureStore, cache_key
 
 N, DIM, CHUNK = 10, 3, 4  # 3 chunks: [0, 4), [4, 8), [8, 10)

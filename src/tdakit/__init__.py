@@ -5,7 +5,7 @@
 >>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
 """
 
-from tdakit import execution, groundtruth, methods, metrics, training
+from tdakit import data, execution, groundtruth, methods, metrics, training
 from tdakit import preconditioners as solvers
 from tdakit.errors import (
     ConfigError,
@@ -18,6 +18,8 @@ from tdakit.errors import (
 )
 from tdakit.features.projection import Projector
 from tdakit.methods import (
+    InformationGain,
+    InformationLoss,
     TRAK,
     AttributionMethod,
     GradCos,
@@ -45,6 +47,8 @@ __all__ = [
     "GradCos",
     "GradDot",
     "InfluenceFunction",
+    "InformationGain",
+    "InformationLoss",
     "JobError",
     "NotFittedError",
     "NumericalError",

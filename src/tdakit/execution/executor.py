@@ -27,6 +27,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import traceback
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -104,6 +105,12 @@ def describe(obj: Any) -> Any:
         return [describe(v) for v in obj]
     if callable(obj):
         return describe_callable(obj)
+    try:  # any other picklable object: by its type and the digest of its pickle
+        blob = pickle.dumps(obj)
+    except Exception:
+        blob = None
+    if blob is not None:
+        return {type(obj).__qualname__: hashlib.sha256(blob).hexdigest()[:16]}
     raise TdakitError(
         f"Cannot build a content key from a {type(obj).__name__}; give the Job an explicit "
         "describe={...} of JSON-able values (str, numbers, lists, dicts, tensors)."

@@ -86,7 +86,8 @@ def _try_layers(task: Task, objective: Objective, inputs, targets, write) -> boo
     if layout is None:
         return False
     try:
-        ok = layer_grads(task, layout, objective_fn(task, objective), inputs, targets, write)
+        fn, first = objective_fn(task, objective), gradient_path(task, objective) is None
+        ok = layer_grads(task, layout, fn, inputs, targets, write, verify=first)
     except (RuntimeError, IndexError):
         check_runs(task, objective, inputs, targets)
         if gradient_path(task, objective) == "layers":
@@ -105,8 +106,9 @@ def _vmap_or_loop(task: Task, objective: Objective, inputs, targets) -> Params:
 
     def single(params: Params, rows: list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         it = iter(rows)
-        one = rebuild([next(it).unsqueeze(0) if t else v for v, t in zip(leaves, is_tensor,
-                                                                          strict=True)])
+        one = rebuild(
+            [next(it).unsqueeze(0) if t else v for v, t in zip(leaves, is_tensor, strict=True)]
+        )
         return fn(params, one, target.unsqueeze(0)).squeeze(0)
 
     params = task.params()
@@ -134,13 +136,18 @@ def check_runs(task: Task, objective: Objective | Callable, inputs, targets) -> 
     except TdakitError:
         raise
     except Exception as err:
-        what = {"train": "training", "query": "query"}.get(_key(objective), "")
-        raise DataError(
-            f"The model could not run on a batch of {what} inputs ({type(err).__name__}: "
-            f"{err}). Check their shapes and dtypes: queries must look like the training "
-            "inputs, and both like what the model takes (or pass Task(..., batch=fn) to say "
-            "how a batch becomes model inputs)."
-        ) from err
+        what = {"train": "training ", "query": "query "}.get(_key(objective), "")
+        raise bad_inputs(err, what) from err
+
+
+def bad_inputs(err: Exception, what: str = "") -> DataError:
+    """The error for a model that cannot run on a batch of (``what``) inputs."""
+    return DataError(
+        f"The model could not run on a batch of {what}inputs ({type(err).__name__}: {err}). "
+        "Check their shapes and dtypes: queries must look like the training inputs, and "
+        "both like what the model takes (or pass Task(..., batch=fn) to say how a batch "
+        "becomes model inputs)."
+    )
 
 
 def _loop(single, params: Params, batched: list[torch.Tensor], targets) -> Params:

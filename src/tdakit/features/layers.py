@@ -8,11 +8,15 @@ of its output, and all ``delta_i`` come from ONE backward pass of the summed los
   extra positions such as sequence tokens; a single outer product for ``[B, in]`` inputs);
 - ``nn.Conv2d``: the same with ``a`` the input patches, summed over output positions;
 - ``nn.Embedding``: ``delta_t`` added to the row of token ``t`` (none for ``padding_idx``);
-- ``nn.LayerNorm``: ``sum_t delta_t * xhat_t`` and ``sum_t delta_t`` with ``xhat`` the normalised input.
+- ``nn.LayerNorm``: ``sum_t delta_t * xhat_t`` and ``sum_t delta_t`` with ``xhat`` the
+  normalised input.
 
 A layer whose output has batch size 1 while the batch has ``B`` examples (a position
 embedding broadcast over the batch) is expanded to ``B`` rows in the forward hook, so its
-per-example ``delta`` exists too. Results equal ``vmap(grad)`` up to rounding (tested).
+per-example ``delta`` exists too. A layer whose first dimension only happens to equal ``B``
+(``pos(arange(T))`` of shape ``[T, d]`` with ``T == B``) is caught on the first batch (see
+:func:`_rows_per_example`) and the general paths are used instead. Results equal
+``vmap(grad)`` up to rounding (tested).
 """
 
 from __future__ import annotations
@@ -114,9 +118,11 @@ def layer_grads(
     inputs: Any,
     targets: torch.Tensor,
     write: Writer,
+    verify: bool = False,
 ) -> bool:
     """Compute per-example gradients and hand them to ``write``. Returns ``False`` (having
-    written nothing) when the layers cannot be attributed per example this way."""
+    written nothing) when the layers cannot be attributed per example this way; with
+    ``verify`` (the first batch) also when a layer's rows are not one per example."""
     B = len(targets)
     params = {n: p.requires_grad_() for n, p in task.params().items()}
     with torch.enable_grad():
@@ -126,9 +132,34 @@ def layer_grads(
     losses, acts, outs = got
     if any(not o.requires_grad for o in outs.values()):
         return False
-    deltas = torch.autograd.grad(losses.sum(), [outs[name] for name, *_ in layout])
+    outputs = [outs[name] for name, *_ in layout]
+    deltas = torch.autograd.grad(losses.sum(), outputs, retain_graph=verify)
+    if verify and not _rows_per_example(losses, outputs, deltas):
+        return False
     for (name, module, w, b), delta in zip(layout, deltas, strict=True):
         _write_layer(module, acts[name], delta, w, b, write)
+    return True
+
+
+def _rows_per_example(
+    losses: torch.Tensor, outputs: list[torch.Tensor], deltas: tuple[torch.Tensor, ...]
+) -> bool:
+    """Whether row ``i`` of every layer output reaches loss ``i`` only.
+
+    A layer whose first dimension only happens to equal the batch size (a position
+    embedding ``pos(arange(T))`` of shape ``[T, d]`` with ``T == B``, broadcast over the
+    batch) feeds every example; its "per-example" rows would be sums over the batch.
+    Checked with random example weights ``r``: ``d(sum_i r_i loss_i) / d out = r * delta``
+    holds exactly when the rows are per example.
+    """
+    gen = torch.Generator().manual_seed(0)
+    r = (1 + torch.rand(len(losses), generator=gen, dtype=torch.float64)).to(losses)
+    weighted = torch.autograd.grad((losses * r).sum(), outputs)
+    tol = torch.finfo(losses.dtype).eps ** 0.5
+    for d, g in zip(deltas, weighted, strict=True):
+        expected = d * r.view(-1, *([1] * (d.ndim - 1)))
+        if float((g - expected).norm()) > tol * float(expected.norm()):
+            return False
     return True
 
 

@@ -89,7 +89,12 @@ class RecomputedFeatures(TrainFeatures):
     def __init__(self, source: Source, featurize: Featurize, task: Any, batch_size: int,
                  dim: int) -> None:  # fmt: skip
         super().__init__(len(source), dim)
-        self.source, self.featurize, self.task, self.batch_size = source, featurize, task, batch_size
+        self.source, self.featurize, self.task, self.batch_size = (
+            source,
+            featurize,
+            task,
+            batch_size,
+        )
 
     def blocks(self, size: int) -> Iterator[Block]:
         for b in self.source.batches(self.task, self.batch_size):
@@ -116,8 +121,12 @@ def build_train_features(
     """Featurise ``source`` and keep the result as ``storage`` says (see module doc)."""
     require(storage in STORAGE, f"Unknown storage {storage!r}; use one of {STORAGE}.")
     batches = source.batches(task, batch_size)
-    first = next(batches)
-    F0 = featurize(first)
+    if storage == "memory" or (storage == "auto" and cache_dir is None):
+        F0 = featurize(next(batches))  # kept: the first rows of the matrix
+    else:
+        # A one-example probe for the feature dimension: a cached store is reused without
+        # featurising a batch, and stored/recomputed features never keep these rows.
+        F0 = featurize(next(source.subset(torch.arange(1)).batches(task, 1)))
     n, dim = len(source), F0.shape[1]
     nbytes = n * dim * F0.element_size()
     if storage == "auto" and cache_dir is None and nbytes <= max_memory:
@@ -155,7 +164,8 @@ def _existing(path: str | Path) -> Path:
 
 
 def _stored(featurize, source, task, batch_size, cache_dir, meta, dim, F0, progress):
-    dtype = str(F0.dtype).removeprefix("torch.")
+    # A store holds float16/32/64; bfloat16 rows are kept as float32 (exactly).
+    dtype = "float32" if F0.dtype == torch.bfloat16 else str(F0.dtype).removeprefix("torch.")
     if cache_dir is not None:
         parts = {} if meta is None else meta()
         path = Path(cache_dir) / f"features-{cache_key(**parts, dim=dim, dtype=dtype)}"

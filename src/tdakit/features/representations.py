@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from tdakit.batching import call_model
-from tdakit.errors import ConfigError, require
+from tdakit.errors import ConfigError, TdakitError, require
+from tdakit.features.grads import bad_inputs
 from tdakit.task import Task, eval_mode
 
 
@@ -45,6 +46,10 @@ def layer_inputs(task: Task, layer: str, inputs: Any) -> torch.Tensor:
     try:
         with torch.no_grad(), eval_mode(task.model):
             call_model(task.model, inputs)
+    except TdakitError:
+        raise
+    except Exception as err:
+        raise bad_inputs(err) from err
     finally:
         hook.remove()
     require(

@@ -26,6 +26,7 @@ from tdakit.features.matrix import STORAGE, TrainFeatures, build_train_features
 from tdakit.features.projection import Projector, make_projector
 from tdakit.methods.base import AttributionMethod, TrainBlocks
 from tdakit.preconditioners import Identity, Preconditioner
+from tdakit.scoring.index import VectorIndex
 from tdakit.task import Task
 
 
@@ -93,6 +94,11 @@ class FeatureMethod(AttributionMethod):
     def _model_slices(self) -> list[slice] | None:
         return None
 
+    def _score_transform(self, S: torch.Tensor) -> torch.Tensor:
+        """Map inner products to scores (identity; must be increasing, so that top-k by
+        inner product, as a vector index computes it, is top-k by score)."""
+        return S
+
     def feature_config(self) -> dict:
         """What, besides model, code and data, determines the training features."""
         return {
@@ -153,7 +159,7 @@ class FeatureMethod(AttributionMethod):
         for a, b, T in self.train_blocks():
             T = T.to(Q.dtype)
             if slices is None:
-                yield a, b, Q @ T.T
+                yield a, b, self._score_transform(Q @ T.T)
             else:
                 w = len(slices) if self.ensemble_reduction == "mean" else 1
                 yield a, b, torch.stack([w * (Q[:, s] @ T[:, s].T) for s in slices])
@@ -161,7 +167,7 @@ class FeatureMethod(AttributionMethod):
     def _train_range(self, Q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         features, _ = self._fitted()
         T = self._train_view(features.rows(start, stop)).to(Q.dtype)
-        return (Q * T).sum(1)
+        return self._score_transform((Q * T).sum(1))
 
     def scores(self, queries: Any) -> torch.Tensor:
         features, _ = self._fitted()
@@ -169,5 +175,42 @@ class FeatureMethod(AttributionMethod):
             return super().scores(queries)
         # Dense anyway and the features are in memory: one product per query block.
         T = self._train_view(features.T)  # type: ignore[attr-defined]
-        rows = [Q @ T.to(Q.dtype).T for _, _, Q in self._query_states(queries)]
+        rows = [self._score_transform(Q @ T.to(Q.dtype).T) for _, _, Q in
+                self._query_states(queries)]  # fmt: skip
         return torch.cat(rows)
+
+    # --- vector index -----------------------------------------------------------------------
+    def build_index(
+        self,
+        backend: str = "faiss",
+        path: str | Path | None = None,
+        *,
+        kind: str = "flat",
+        collection: str = "tdakit",
+        rebuild: bool = False,
+        **options: Any,
+    ) -> VectorIndex:
+        """Write the training vectors into a vector index (or reopen a matching one).
+
+        ``backend``: ``"exact"`` (in memory), ``"faiss"`` (``kind`` ``"flat"`` exact or
+        ``"hnsw"`` approximate; saved to ``path`` when given) or ``"milvus"`` (``path`` is a
+        Milvus Lite file ``*.db`` or a server URI; ``kind`` ``"flat"`` or ``"hnsw"``). An
+        existing index at ``path`` is reused only if it was built from the same model, code,
+        data and configuration, refused otherwise (``rebuild=True`` replaces it).
+        """
+        from tdakit.methods.indexing import build_index
+
+        return build_index(self, backend, path, kind=kind, collection=collection,
+                           rebuild=rebuild, **options)  # fmt: skip
+
+    def top_k(
+        self, queries: Any, k: int = 10, *, opponents: bool = False,
+        index: VectorIndex | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """As :meth:`AttributionMethod.top_k`; with ``index`` (from :meth:`build_index`) the
+        search runs in the vector index instead of scanning the training features."""
+        if index is None:
+            return super().top_k(queries, k, opponents=opponents)
+        from tdakit.methods.indexing import index_top_k
+
+        return index_top_k(self, index, queries, k, opponents)

@@ -34,6 +34,26 @@ from tdakit.preconditioners import (
 from tdakit.preconditioners.operators import check_explicit_size
 from tdakit.task import Task
 
+# Options of the former flat API, now on the solver object or the damping (docs/migration).
+MOVED = {
+    "tol": "tda.solvers.CG(tol=...) or tda.solvers.LiSSA(tol=...)",
+    "max_iter": "tda.solvers.CG(max_iter=...)",
+    "solve_block": "tda.solvers.CG(block=...)",
+    "depth": "tda.solvers.LiSSA(depth=...)",
+    "repeats": "tda.solvers.LiSSA(repeats=...)",
+    "lissa_batch_size": "tda.solvers.LiSSA(batch_size=...)",
+    "scale": "tda.solvers.LiSSA(scale=...)",
+    "rank": "tda.solvers.Arnoldi(rank=...)",
+    "krylov_dim": "tda.solvers.Arnoldi(krylov_dim=...)",
+    "complement": "tda.solvers.Arnoldi(complement=...)",
+    "negative": "tda.solvers.Arnoldi(negative=...)",
+    "max_explicit_params": "tda.solvers.Exact(max_params=...) or Projected(max_params=...)",
+    "damping_mode": "damping=tda.solvers.Relative(c)",
+    "diag_estimate": "damping=tda.solvers.Relative(c, estimate=...)",
+    "seed": "the solver's or the damping's seed: LiSSA(seed=...), Arnoldi(seed=...), "
+    "Projected(seed=...), Relative(c, seed=...)",
+}
+
 
 @register
 class InfluenceFunction(FeatureMethod):
@@ -70,6 +90,14 @@ class InfluenceFunction(FeatureMethod):
         **kw: Any,
     ) -> None:
         solver = make_solver(solver)
+        # seed=0 is FeatureMethod's default (and in to_config); any other seed would be ignored
+        moved = [k for k in kw if k in MOVED and not (k == "seed" and kw[k] == 0)]
+        require(
+            not moved,
+            "InfluenceFunction options live on the solver object now: "
+            + "; ".join(f"{k}= -> {MOVED[k]}" for k in moved)
+            + ". E.g. InfluenceFunction(task, solver=tda.solvers.CG(tol=1e-8)).",
+        )
         require(
             projection is None,
             "InfluenceFunction takes no projection=; use solver=tda.solvers.Projected(dim=k) "

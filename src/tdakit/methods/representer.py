@@ -84,7 +84,9 @@ class RepresenterPoints(FeatureMethod):
             and l2 > 0,
             f"l2 (lambda of the refit) must be a positive finite number, got {l2!r}.",
         )  # fmt: skip
-        require(isinstance(max_iter, int) and max_iter > 0, f"max_iter must be > 0, got {max_iter}.")
+        require(
+            isinstance(max_iter, int) and max_iter > 0, f"max_iter must be > 0, got {max_iter}."
+        )
         require(tolerance > 0, f"tolerance must be positive, got {tolerance!r}.")
         require(self.projector is None, "RepresenterPoints takes no projection.")
         if layer is not None:
@@ -180,12 +182,16 @@ class RepresenterPoints(FeatureMethod):
                 break
             lam = output_hessians(self.task._loss, H @ W.T, y).to(H.dtype)  # type: ignore[union-attr]
             if W.numel() <= DIRECT_NEWTON_MAX:
-                step = -CholeskyInverse(_gauss_newton(lam, H), 2 * self.l2, "refit Hessian",
-                                        H.dtype).solve(g.reshape(1, -1)).reshape(g.shape)  # fmt: skip
+                inverse = CholeskyInverse(
+                    _gauss_newton(lam, H), 2 * self.l2, "refit Hessian", H.dtype
+                )
+                step = -inverse.solve(g.reshape(1, -1)).reshape(g.shape)
             else:
 
-                def hvp(V: torch.Tensor, lam: torch.Tensor = lam) -> torch.Tensor:
-                    V = V.reshape(-1, *g.shape)
+                def hvp(
+                    V: torch.Tensor, lam: torch.Tensor = lam, shape: torch.Size = g.shape
+                ) -> torch.Tensor:
+                    V = V.reshape(-1, *shape)
                     dO = torch.einsum("nab,rnb->rna", lam, H @ V.transpose(1, 2))
                     out = dO.transpose(1, 2) @ H / len(H) + 2 * self.l2 * V
                     return out.reshape(len(V), -1)
@@ -236,6 +242,10 @@ class RepresenterPoints(FeatureMethod):
 
     def _train_range(self, Q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         return super()._train_range(Q, start, stop).to(self.task.dtype)  # type: ignore[union-attr]
+
+    def scores(self, queries: DataLike) -> torch.Tensor:
+        # computed in compute_dtype, returned in the model's dtype like every other path
+        return super().scores(queries).to(self.task.dtype)  # type: ignore[union-attr]
 
     def decomposition_check(self, queries: DataLike) -> Decomposition:
         """Compare ``sum_i alpha_i (h_i . h_q)`` with the refit outputs ``W h_q``."""

@@ -35,7 +35,10 @@ from tdakit.methods.feature_method import FeatureMethod
 from tdakit.methods.registry import register
 from tdakit.preconditioners import CholeskyInverse, Preconditioner
 from tdakit.preconditioners.exact import as_dtype
+from tdakit.execution import Executor
 from tdakit.task import Task
+from tdakit.training.jobs import train_states
+from tdakit.training.recipe import as_recipe
 
 Checkpoint = Mapping[str, torch.Tensor] | nn.Module
 
@@ -75,8 +78,10 @@ class TRAK(FeatureMethod):
         checkpoints: the ensemble: state dicts or modules of the task's architecture
             (``[model]`` for the task's own model alone).
         recipe: instead of checkpoints, any object with ``recipe.train(X, y, *, indices,
-            init_seed, batch_seed) -> nn.Module``; ``fit`` trains ``n_models`` models with
-            seeds ``seed, ..., seed + n_models - 1``.
+            init_seed, batch_seed) -> nn.Module`` or a plain training function; ``fit``
+            trains ``n_models`` models with seeds ``seed, ..., seed + n_models - 1`` through
+            ``executor`` (default: in this process; pass ``tda.Executor(...)`` for parallel
+            workers and a content-keyed cache).
         n_models: ensemble size when training from ``recipe``.
         subset: ``"full"`` (each recipe model sees all data) or ``"half"`` (a seeded half).
         projection: dimension ``k`` (model ``m`` gets the sketch seeded ``seed * 100003 + m``),
@@ -91,7 +96,7 @@ class TRAK(FeatureMethod):
     """
 
     name = "trak"
-    runtime_params = ("checkpoints", "recipe")
+    runtime_params = ("checkpoints", "recipe", "executor")
     ensemble_reduction = "mean"
 
     def __init__(
@@ -108,6 +113,7 @@ class TRAK(FeatureMethod):
         damping_mode: Literal["relative", "absolute"] = "relative",
         measurement: Literal["margin", "task"] = "margin",
         compute_dtype: torch.dtype | str = torch.float64,
+        executor: Executor | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(task, projection=None, **kw)
@@ -131,16 +137,12 @@ class TRAK(FeatureMethod):
         )  # fmt: skip
         require(damping_mode in ("relative", "absolute"),
                 f"damping_mode must be 'relative' or 'absolute', got {damping_mode!r}.")  # fmt: skip
-        self.checkpoints, self.recipe, self.subset = checkpoints, recipe, subset
+        self.checkpoints, self.subset, self.executor = checkpoints, subset, executor
+        self.recipe = None if recipe is None else as_recipe(recipe)
         self.damping, self.damping_mode, self.measurement = damping, damping_mode, measurement
         self.projection, self.projection_kind = projection, projection_kind
         self.compute_dtype = as_dtype(compute_dtype)
         if recipe is not None:
-            require(
-                callable(getattr(recipe, "train", None)),
-                f"recipe must have a train(X, y, *, indices, init_seed, batch_seed) method "
-                f"returning an nn.Module; got {type(recipe).__name__}.",
-            )
             require(isinstance(n_models, int) and not isinstance(n_models, bool) and n_models > 0,
                     f"n_models must be a positive int, got {n_models!r}.")  # fmt: skip
             self.tasks: list[Task] = []
@@ -182,18 +184,17 @@ class TRAK(FeatureMethod):
 
     def _train_models(self, source: Source) -> None:
         X, y = to_tensors(source, "train")
-        self.tasks, self.subsets_ = [], []
+        runs = []
         for m in range(self.n_models):
             s = self.seed + m
             idx = None
             if self.subset == "half":
                 gen = torch.Generator().manual_seed(s)
                 idx = torch.randperm(len(X), generator=gen)[: max(1, len(X) // 2)].sort().values
-            model = self.recipe.train(X, y, indices=idx, init_seed=s, batch_seed=s)
-            require(isinstance(model, nn.Module),
-                    f"recipe.train must return an nn.Module, got {type(model).__name__}.")  # fmt: skip
-            self.tasks.append(self.task.at(model))  # type: ignore[union-attr]
-            self.subsets_.append(idx)
+            runs.append((idx, s, s))
+        states = train_states(self.recipe, X, y, runs, self.executor, desc="TRAK ensemble")
+        self.tasks = [self.task.at(state) for state in states]  # type: ignore[union-attr]
+        self.subsets_ = [idx for idx, _, _ in runs]
 
     # --- features ----------------------------------------------------------------------------
     def _margin_task(self, t: Task) -> Task:

@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import require
-from tdakit.training.loop import seeded_rng
+from tdakit.losses import cross_entropy, squared_error
 from tdakit.metrics import _inputs as check
 from tdakit.metrics.functional import spearman_rows
 from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci, compare, summarise
-from tdakit.losses import cross_entropy, squared_error
 from tdakit.task import eval_mode
+from tdakit.training.loop import seeded_rng
 
 __all__ = [
     "coreset_selection",

@@ -88,6 +88,9 @@ def as_damping(value: Any) -> Damping:
     if isinstance(value, dict):
         require("relative" in value, f"A damping dict needs a 'relative' factor, got {value}.")
         rest = {k: v for k, v in value.items() if k != "relative"}
+        unknown = sorted(set(rest) - {"estimate", "samples", "seed"})
+        require(not unknown, f"Unknown relative damping option(s) {unknown} in {value}; "
+                "use {'relative': c, 'estimate': ..., 'samples': ..., 'seed': ...}.")  # fmt: skip
         return Relative(value["relative"], **rest)
     return check_damping(value)
 
@@ -123,6 +126,7 @@ class Curvature:
 
     def __post_init__(self) -> None:
         require(self.kind in KINDS, f"Unknown curvature {self.kind!r}; use one of {KINDS}.")
+        self.damping = as_damping(self.damping)  # solvers trust it: validate it once here
 
     @property
     def n(self) -> int:

@@ -36,6 +36,10 @@ class DataInf(Preconditioner):
         self.curvature_: Curvature | None = None
 
     def fit(self, curvature: Curvature) -> DataInf:
+        require(
+            curvature.kind in self.curvatures,
+            f"DataInf inverts the empirical Fisher; got curvature={curvature.kind!r}.",
+        )
         names, self.slices_ = layer_slices(curvature.task)
         d = curvature.damping
         if isinstance(d, Relative):

@@ -125,6 +125,10 @@ class KFAC(Preconditioner):
     # --- fitting --------------------------------------------------------------------------
     def fit(self, curvature: Curvature) -> KFAC:
         """Estimate the factors (and EK-FAC eigenvalues) streaming over the training data."""
+        require(
+            curvature.kind in self.curvatures,
+            f"{type(self).__name__} models the GGN; got curvature={curvature.kind!r}.",
+        )
         self._curvature = curvature
         task = curvature.task
         next(iter(curvature.source.batches(task, curvature.batch_size)))  # resolve params
@@ -194,8 +198,25 @@ class KFAC(Preconditioner):
         back-propagated output gradients of every layer (per example, float64)."""
         params = {n: p.detach().requires_grad_(True) for n, p in task.params().items()}
         layout = [(layer.name, layer.module, None, None) for layer in self.layers_]
+
+        def run() -> torch.Tensor:
+            # capture() records each layer's output tensor; an in-place op after the layer
+            # (nn.ReLU(inplace=True)) would overwrite it and re-base its autograd history.
+            # These hooks run after capture's: the rest of the network gets a copy.
+            handles = [
+                L.module.register_forward_hook(
+                    lambda _m, _i, o: o.clone() if isinstance(o, torch.Tensor) else None
+                )
+                for L in self.layers_
+            ]
+            try:
+                return task.outputs(params, inputs)
+            finally:
+                for h in handles:
+                    h.remove()
+
         with torch.enable_grad(), forward_ad_kernels():
-            got = capture(layout, len(targets), lambda: task.outputs(params, inputs))
+            got = capture(layout, len(targets), run)
         if got is None:
             raise ConfigError(
                 "K-FAC needs every attributed layer to run exactly once per forward pass on "
@@ -299,11 +320,17 @@ def _eigh(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _inverse_parts(layer: KFACLayer, damping: float, dtype, device):
     key = (dtype, device, damping)
     if key not in layer._cache:
-        assert layer.eigenvalues is not None
-        if layer.kind != "diagonal" and damping <= 0 and float(layer.eigenvalues.min()) <= 0:
+        ev = layer.eigenvalues
+        assert ev is not None
+        # relative floor (as for the exact and Arnoldi solvers): rounding leaves ~eps^2
+        # instead of 0 in null directions, and 1/(that) would amplify noise without bound
+        floor = torch.finfo(ev.dtype).eps * ev.numel() * float(ev.abs().max())
+        if float(ev.min()) + damping <= floor:
             raise NumericalError(
-                f"K-FAC layer {layer.name!r} has zero curvature in some directions and the "
-                "damping is 0: use damping > 0."
+                f"K-FAC layer {layer.name!r} has (numerically) zero curvature in some "
+                f"directions (smallest eigenvalue {float(ev.min()):.3g}, largest "
+                f"{float(ev.max()):.3g}) and the damping λ={damping:.3g} does not lift it: "
+                "use damping > 0 (or tda.solvers.Relative(c))."
             )
         move = (lambda t: None if t is None else t.to(device, dtype))  # noqa: E731
         layer._cache[key] = (
@@ -354,12 +381,16 @@ def _layer_grads(
     if layer.kind == "diagonal":
         m = layer.module
         xhat = F.layer_norm(x, m.normalized_shape, eps=m.eps)
-        dims = tuple(range(1, g.ndim - len(m.normalized_shape)))
+        dims = tuple(range(1, g.ndim - len(m.normalized_shape)))  # positions, if any
+
+        def per_example(t: torch.Tensor) -> torch.Tensor:  # t.sum(()) would sum everything
+            return (t.sum(dims) if dims else t).reshape(len(g), -1)
+
         parts = []
         if layer.weight is not None:
-            parts.append((g * xhat).sum(dims).reshape(len(g), -1))
+            parts.append(per_example(g * xhat))
         if layer.bias is not None:
-            parts.append(g.sum(dims).reshape(len(g), -1))
+            parts.append(per_example(g))
         return torch.cat(parts, 1).to(dtype)
     if isinstance(layer.module, nn.Conv2d):
         g = g.flatten(2).transpose(1, 2)

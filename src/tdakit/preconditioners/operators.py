@@ -26,6 +26,7 @@ from tdakit.data.sources import Batch, Source
 from tdakit.errors import DataError, require
 from tdakit.features.grads import flatten_blocks, per_example_grads
 from tdakit.features.projection import Projector
+from tdakit.losses import cross_entropy, squared_error
 from tdakit.preconditioners.base import KINDS
 from tdakit.task import Params, Task
 
@@ -220,11 +221,18 @@ def output_hessians(loss, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example Hessians ``[B, K, K]`` (float64) of ``loss(outputs, targets) -> [B]``
     with respect to the ``K`` flattened model outputs of each example."""
     shape = out.shape[1:]
+    flat = out.reshape(len(out), -1).to(torch.float64)
+    if loss is cross_entropy and out.ndim == 2:  # closed form: diag(p) - p p^T
+        p = flat.softmax(1)
+        return torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    if loss is squared_error:  # 0.5 |f - y|^2: the identity
+        eye = torch.eye(flat.shape[1], dtype=flat.dtype, device=flat.device)
+        return eye.expand(len(flat), -1, -1).clone()
 
     def single(o: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return loss(o.reshape(1, *shape), t.unsqueeze(0))[0]
 
-    H = vmap(hessian(single))(out.reshape(len(out), -1).to(torch.float64), y)
+    H = vmap(hessian(single))(flat, y)
     return 0.5 * (H + H.transpose(1, 2))
 
 

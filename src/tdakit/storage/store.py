@@ -147,7 +147,7 @@ class FeatureStore:
                 not diffs,
                 f"feature store {directory} was created for a different configuration; "
                 f"differing keys: {'; '.join(diffs)}. Use a different cache directory (e.g. "
-                "named with tdakit.features.store.cache_key(...)) or delete it with "
+                "named with tdakit.storage.cache_key(...)) or delete it with "
                 f"FeatureStore.clear({str(directory)!r})",
                 StoreError,
             )

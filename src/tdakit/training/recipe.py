@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdakit.data.sources import to_tensors
 from tdakit.errors import TdakitError, require
 from tdakit.fingerprints import describe_callable
-from tdakit.data.sources import to_tensors
 from tdakit.losses import LOSSES
-from tdakit.training.loop import TrainRun, train_loop
 from tdakit.task import load_weights
+from tdakit.training.loop import TrainRun, train_loop
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "FunctionRecipe", "TrainRun", "TrainingRecipe", "as_recipe"]
 
