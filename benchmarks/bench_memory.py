@@ -54,8 +54,9 @@ def child(method: str, n: int) -> dict:
     from tdakit.models import build_model
 
     torch.set_num_threads(2)
-    images = torch.from_numpy(np.ascontiguousarray(
-        read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz")))  # fmt: skip
+    images = torch.from_numpy(
+        np.ascontiguousarray(read_idx(FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz"))
+    )
     labels = torch.from_numpy(
         read_idx(FASHION_MNIST_DIR / "train-labels-idx1-ubyte.gz").astype(np.int64)
     )
@@ -70,12 +71,19 @@ def child(method: str, n: int) -> dict:
             sketch = tda.Projector(512, kind="sjlt", seed=0)
             m = tda.GradDot(task, projection=sketch, storage="store", cache_dir=tmp, batch_size=256)
         else:
-            m = tda.InfluenceFunction(task, solver="ekfac", damping=1e-3, storage="recompute",
-                                      batch_size=256)  # fmt: skip
+            m = tda.InfluenceFunction(
+                task, solver="ekfac", damping=1e-3, storage="recompute", batch_size=256
+            )
         m.fit(train)
         idx, _ = m.top_k(queries, k=10)
-    return {"method": method, "n": n, "baseline_mib": baseline, "peak_mib": peak_mib(),
-            "seconds": time.perf_counter() - t0, "top1": idx[:3, 0].tolist()}  # fmt: skip
+    return {
+        "method": method,
+        "n": n,
+        "baseline_mib": baseline,
+        "peak_mib": peak_mib(),
+        "seconds": time.perf_counter() - t0,
+        "top1": idx[:3, 0].tolist(),
+    }
 
 
 def main() -> None:
@@ -93,19 +101,26 @@ def main() -> None:
         for n in args.sizes:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", method, str(n)],
-                check=True, capture_output=True, text=True,
-            )  # fmt: skip
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["growth_mib"] = row["peak_mib"] - row["baseline_mib"]
             rows.append(row)
-            print(f"{method:16s} N={n:>7d}  baseline {row['baseline_mib']:7.0f} MiB  peak "
-                  f"{row['peak_mib']:7.0f} MiB  growth {row['growth_mib']:6.0f} MiB  "
-                  f"{row['seconds']:6.1f} s", flush=True)  # fmt: skip
+            print(
+                f"{method:16s} N={n:>7d}  baseline {row['baseline_mib']:7.0f} MiB  peak "
+                f"{row['peak_mib']:7.0f} MiB  growth {row['growth_mib']:6.0f} MiB  "
+                f"{row['seconds']:6.1f} s",
+                flush=True,
+            )
     for method in args.methods:
         mine = [r for r in rows if r["method"] == method]
         lo, hi = mine[0]["peak_mib"], mine[-1]["peak_mib"]
-        print(f"{method}: peak RSS at N={mine[-1]['n']} is {hi / lo:.3f} x the peak at "
-              f"N={mine[0]['n']} ({100 * (hi / lo - 1):+.1f} %)")
+        print(
+            f"{method}: peak RSS at N={mine[-1]['n']} is {hi / lo:.3f} x the peak at "
+            f"N={mine[0]['n']} ({100 * (hi / lo - 1):+.1f} %)"
+        )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"rows": rows, "load": os.getloadavg()}, f, indent=1)

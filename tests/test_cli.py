@@ -22,8 +22,22 @@ def test_version():
 
 def test_demo_tiny(tmp_path):
     out = tmp_path / "demo"
-    args = ["demo", "--out", str(out), "--queries", "2", "--epochs", "1", "--hidden", "4",
-            "--train-size", "60", "--seed", "3", "--quiet"]  # fmt: skip
+    args = [
+        "demo",
+        "--out",
+        str(out),
+        "--queries",
+        "2",
+        "--epochs",
+        "1",
+        "--hidden",
+        "4",
+        "--train-size",
+        "60",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = out / "report.html"

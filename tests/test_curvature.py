@@ -7,7 +7,6 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call, hessian, jacrev
 
 import tdakit as tda
@@ -35,18 +34,9 @@ from tdakit.preconditioners import (
     power_iteration,
 )
 from tdakit.preconditioners.base import relative_damping
+from test_grads import loop_grads
 
 N = 37  # not a multiple of the batch size: products must accumulate over uneven batches
-
-
-def loop_grads(model: nn.Module, X, y, fn) -> torch.Tensor:
-    """Reference: one autograd call per example, flattened in parameter order."""
-    rows = []
-    for i in range(len(X)):
-        model.zero_grad()
-        fn(model(X[i : i + 1]), y[i : i + 1]).sum().backward()
-        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
-    return torch.stack(rows)
 
 
 def operator(task, X, y, kind: str, **kw) -> CurvatureOperator:
@@ -347,22 +337,42 @@ def test_curvature_rejects_a_bad_damping(small, bad) -> None:
 
 def test_solvers_refuse_a_curvature_they_do_not_model(small) -> None:
     _, task, X, y = small
-    for solver, kind in [(KFAC(), "hessian"), (EKFAC(), "fisher"), (DataInf(), "ggn"),
-                         (Projected(dim=4), "hessian")]:  # fmt: skip
+    for solver, kind in [
+        (KFAC(), "hessian"),
+        (EKFAC(), "fisher"),
+        (DataInf(), "ggn"),
+        (Projected(dim=4), "hessian"),
+    ]:
         with pytest.raises(ConfigError, match=f"{kind!r}|forms the GGN"):
             solver.fit(curvature(task, X, y, kind, 0.1))
 
 
 def test_make_solver_from_a_name_a_dict_or_an_object() -> None:
-    assert set(SOLVERS) == {"exact", "projected", "cg", "lissa", "arnoldi", "kfac", "ekfac",
-                            "datainf"}  # fmt: skip
+    assert set(SOLVERS) == {
+        "exact",
+        "projected",
+        "cg",
+        "lissa",
+        "arnoldi",
+        "kfac",
+        "ekfac",
+        "datainf",
+    }
     for name, cls in SOLVERS.items():
         solver = make_solver(name)
         assert type(solver) is cls and solver.to_config() == cls().to_config()
     cg = CG(tol=1e-4, max_iter=7, block=3)
     assert make_solver(cg) is cg
-    solvers = [Exact(max_params=10), Projected(dim=4, seed=2), cg, LiSSA(depth=5, seed=1),
-               Arnoldi(rank=3, complement="damping"), KFAC(), EKFAC(), DataInf()]  # fmt: skip
+    solvers = [
+        Exact(max_params=10),
+        Projected(dim=4, seed=2),
+        cg,
+        LiSSA(depth=5, seed=1),
+        Arnoldi(rank=3, complement="damping"),
+        KFAC(),
+        EKFAC(),
+        DataInf(),
+    ]
     for solver in solvers:
         rebuilt = make_solver(solver.to_config())
         assert type(rebuilt) is type(solver) and rebuilt.to_config() == solver.to_config()

@@ -13,8 +13,16 @@ from tdakit.demo import METHODS, MethodEntry, pick_queries, run_demo
 from tdakit.errors import TdakitError
 from tdakit.report import escape
 
-TINY = dict(n_queries=2, seed=0, progress=False, epochs=2, hidden=(8,), n_train=200,
-            n_checkpoints=2, top_k=3)  # fmt: skip
+TINY = dict(
+    n_queries=2,
+    seed=0,
+    progress=False,
+    epochs=2,
+    hidden=(8,),
+    n_train=200,
+    n_checkpoints=2,
+    top_k=3,
+)
 
 
 def _available() -> list[MethodEntry]:
@@ -83,7 +91,10 @@ def test_pick_queries_prefers_a_few_misclassified_and_distinct_labels():
 
 def test_missing_optional_methods_are_skipped_with_a_reason(tmp_path, capsys):
     ghost = MethodEntry("Ghost", {"method": "no_such_method"}, "test entry", optional=True)
-    assert ghost.resolve() == (None, "method 'no_such_method' is not available in this installation")
+    assert ghost.resolve() == (
+        None,
+        "method 'no_such_method' is not available in this installation",
+    )
     with pytest.raises(TdakitError, match="install is broken"):
         MethodEntry("Required", {"method": "no_such_method"}, "test entry").resolve()
     tiny = {**TINY, "epochs": 1, "n_train": 50, "n_checkpoints": 1}

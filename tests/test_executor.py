@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def base():
     return torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
+class Plain:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+
 def test_content_keys_follow_content_not_identity(base):
     job = Job(noisy_product, (1, base, "x"))
     assert Job(noisy_product, (1, base.clone(), "x")).key == job.key
@@ -75,7 +81,9 @@ def test_content_keys_follow_content_not_identity(base):
     described = Job(noisy_product, (1, base, "x"), describe={"what": 1})
     assert described.key == Job(noisy_product, (9, base, "y"), describe={"what": 1}).key
     with pytest.raises(TdakitError, match="describe"):
-        Job(noisy_product, (object(),))
+        Job(noisy_product, (threading.Lock(),))  # neither plain data nor picklable
+    # any other picklable object: keyed by its class's code and its state
+    assert content_key(Plain(1)) == content_key(Plain(1)) != content_key(Plain(2))
 
 
 def test_serial_cache_skips_finished_jobs_and_dedupes(tmp_path, base):

@@ -125,17 +125,31 @@ def test_further_training_measures_with_the_tasks_loss_and_measurement(setup, me
     measure = smoothed_ce if measurement == "loss" else measurement
     task = tda.Task(small_tanh_net(0), loss=smoothed_ce, measurement=measurement)
     res = further_training(
-        recipe, model, train, queries, removed=[5], t=[1], unit="epoch", mechanism="drop",
-        seeds=[3], task=task, executor=SERIAL,
-    )  # fmt: skip
+        recipe,
+        model,
+        train,
+        queries,
+        removed=[5],
+        t=[1],
+        unit="epoch",
+        mechanism="drop",
+        seeds=[3],
+        task=task,
+        executor=SERIAL,
+    )
     further = recipe.replace(lr=recipe.lr * 0.1, epochs=1)
     Xq, yq = queries
 
     def after(indices):  # the same further training, measured by hand
         run = further.run(
-            *train, indices=indices, batch_seed=3, init_state=model, record_at=[1],
-            record_unit="epoch", measure=lambda m: measure(m(Xq), yq),
-        )  # fmt: skip
+            *train,
+            indices=indices,
+            batch_seed=3,
+            init_state=model,
+            record_at=[1],
+            record_unit="epoch",
+            measure=lambda m: measure(m(Xq), yq),
+        )
         return run.records[0]
 
     expect = after(torch.cat([torch.arange(5), torch.arange(6, N)])) - after(None)

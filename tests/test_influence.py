@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tdakit as tda
@@ -25,10 +26,10 @@ from tdakit.preconditioners import (
     Projected,
     Relative,
 )
-from test_curvature import loop_grads, ref_ggn, ref_hessian
+from test_curvature import ref_ggn, ref_hessian
+from test_grads import loop_grads
 
 IF = tda.InfluenceFunction
-F = nn.functional
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

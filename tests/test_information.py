@@ -42,22 +42,27 @@ def test_blr_subset_information_equals_refit_entropy_difference():
         A = DELTA * torch.eye(D, dtype=torch.float64) + X.T @ X / SIGMA2
         noise = SIGMA2 if observed else 0.0
 
-        def var(Ainv: torch.Tensor) -> torch.Tensor:
+        def var(Ainv: torch.Tensor, noise: float = noise) -> torch.Tensor:
             return ((Xq @ Ainv) * Xq).sum(1) + noise
 
         g = torch.Generator().manual_seed(1)
         for size in (1, 3, 7):
             S = torch.randperm(N, generator=g)[:size]
             A_S = A - X[S].T @ X[S] / SIGMA2
-            ref = 0.5 * (torch.log(var(torch.linalg.inv(A_S))) - torch.log(var(torch.linalg.inv(A))))
+            ref = 0.5 * (
+                torch.log(var(torch.linalg.inv(A_S))) - torch.log(var(torch.linalg.inv(A)))
+            )
             got = m.subset_information((Xq, yq), S)
             torch.testing.assert_close(got, ref, rtol=1e-8, atol=0)
             # information gain: S alone added to the prior
             prior = DELTA * torch.eye(D, dtype=torch.float64)
-            ref_gain = 0.5 * (torch.log(var(torch.linalg.inv(prior)))
-                              - torch.log(var(torch.linalg.inv(prior + X[S].T @ X[S] / SIGMA2))))  # fmt: skip
-            torch.testing.assert_close(m.subset_information((Xq, yq), S, objective="gain"),
-                                       ref_gain, rtol=1e-8, atol=0)  # fmt: skip
+            ref_gain = 0.5 * (
+                torch.log(var(torch.linalg.inv(prior)))
+                - torch.log(var(torch.linalg.inv(prior + X[S].T @ X[S] / SIGMA2)))
+            )
+            torch.testing.assert_close(
+                m.subset_information((Xq, yq), S, objective="gain"), ref_gain, rtol=1e-8, atol=0
+            )
     # the single-example closed form 1/2 log(1 + c^2 / (v (sigma^2 - s)))
     m = il_method(model).fit((X, y))
     Ainv = torch.linalg.inv(A)
@@ -93,7 +98,9 @@ def test_softmax_downdates_equal_refits():
         p = model(X).softmax(1)
     Lam = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
     J = jacobians(model, X)
-    A = DELTA * torch.eye(J.shape[2], dtype=torch.float64) + torch.einsum("nci,ncd,ndj->ij", J, Lam, J)
+    A = DELTA * torch.eye(J.shape[2], dtype=torch.float64) + torch.einsum(
+        "nci,ncd,ndj->ij", J, Lam, J
+    )
     Xq, yq = X[:2] + 0.1, y[:2]
     Jq = jacobians(model, Xq)
 
@@ -125,13 +132,19 @@ def test_incremental_greedy_equals_brute_force_greedy(objective):
             for j in range(len(X)):
                 if j in chosen:
                     continue
-                val = float(m.subset_information((Xq[q : q + 1], yq[q : q + 1]),
-                                                 torch.tensor([*chosen, j]), objective=objective))  # fmt: skip
+                val = float(
+                    m.subset_information(
+                        (Xq[q : q + 1], yq[q : q + 1]),
+                        torch.tensor([*chosen, j]),
+                        objective=objective,
+                    )
+                )
                 if val > best_val:
                     best, best_val = j, val
             assert sel.indices[step] == best
-            torch.testing.assert_close(sel.gains[step].item(), best_val - total, rtol=1e-8,
-                                       atol=1e-12)  # fmt: skip
+            torch.testing.assert_close(
+                sel.gains[step].item(), best_val - total, rtol=1e-8, atol=1e-12
+            )
             chosen.append(best)
             total = best_val
         assert sel.total == pytest.approx(total, rel=1e-8)
@@ -143,8 +156,11 @@ def test_information_gain_formula_equals_direct_computation():
     ig = tda.InformationGain(task, projection=None, prior_precision=DELTA).fit((X, y))
     G = tda.GradDot(task).fit((X, y))
     T = G.features_.T
-    gq = tda.GradDot(task).fit((X, y)).query_features(
-        list(tda.data.sources.as_source((X[:3], y[:3])).batches(task, 8)))
+    gq = (
+        tda.GradDot(task)
+        .fit((X, y))
+        .query_features(list(tda.data.sources.as_source((X[:3], y[:3])).batches(task, 8)))
+    )
     prior = DELTA * torch.eye(T.shape[1], dtype=torch.float64)
     direct = torch.empty(3, len(X), dtype=torch.float64)
     for q, i in itertools.product(range(3), range(len(X))):
@@ -162,8 +178,12 @@ def test_information_loss_ignores_labels_but_influence_does_not():
     il = [il_method(model, loss="cross_entropy").fit((X, t)).scores((Xq, yq)) for t in (y, y2)]
     torch.testing.assert_close(il[0], il[1], rtol=1e-10, atol=1e-14)
     task = tda.Task(model)
-    inf = [tda.InfluenceFunction(task, solver="exact", curvature="ggn", damping=0.1)
-           .fit((X, t)).scores((Xq, yq)) for t in (y, y2)]  # fmt: skip
+    inf = [
+        tda.InfluenceFunction(task, solver="exact", curvature="ggn", damping=0.1)
+        .fit((X, t))
+        .scores((Xq, yq))
+        for t in (y, y2)
+    ]
     assert (inf[0] - inf[1]).abs().max() > 1e-3
 
 
@@ -187,8 +207,10 @@ def test_planted_near_duplicates():
     top_infl = infl.abs().topk(5).indices[0]
     gain = m.select_subset((Xq, yq), 5, objective="gain")[0]
     loss = m.select_subset((Xq, yq), 5, objective="loss")[0]
-    n_dups = {name: int((sel < 5).sum()) for name, sel in
-              (("influence", top_infl), ("gain", gain.indices), ("loss", loss.indices))}  # fmt: skip
+    n_dups = {
+        name: int((sel < 5).sum())
+        for name, sel in (("influence", top_infl), ("gain", gain.indices), ("loss", loss.indices))
+    }
     assert n_dups["influence"] == 5
     assert n_dups["gain"] < n_dups["influence"], n_dups
     print(f"duplicates among the 5 picks: {n_dups}")  # measured; reported in docs

@@ -207,3 +207,22 @@ def test_dict_dataset_and_dataloader_give_the_tuple_scores() -> None:
         ref_idx, ref_val = ref.top_k((Xq, yq), k=4)
         assert torch.equal(idx, ref_idx) and torch.equal(val, ref_val)
     assert task.gradient_paths == {"train": "layers", "query": "layers"}
+
+
+def test_in_place_activation_after_a_layer_keeps_gradients_exact():
+    """nn.ReLU(inplace=True) after a Linear must not corrupt the recorded layer output."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 3)).double()
+    X = torch.randn(20, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (20,))
+    task = tda.Task(model)
+    S = tda.GradDot(task).fit((X, y)).scores((X, y))
+    assert task.gradient_paths["train"] == "layers"
+    rows = []
+    for i in range(20):
+        loss = torch.nn.functional.cross_entropy(model(X[i : i + 1]), y[i : i + 1])
+        rows.append(
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+        )
+    G = torch.stack(rows)
+    torch.testing.assert_close(S, G @ G.T, rtol=1e-10, atol=1e-12)

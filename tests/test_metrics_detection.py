@@ -68,8 +68,9 @@ def test_backdoor_detection_matches_sklearn_per_query():
     r = metrics.backdoor_detection(S, triggered)
     ref = [average_precision_score(triggered, S[q]) for q in range(8)]
     assert r.per_query.numpy() == pytest.approx(np.array(ref))
-    assert r.details["auroc"] == pytest.approx(np.mean([roc_auc_score(triggered, S[q])
-                                                        for q in range(8)]))  # fmt: skip
+    assert r.details["auroc"] == pytest.approx(
+        np.mean([roc_auc_score(triggered, S[q]) for q in range(8)])
+    )
     assert r.details["base_rate"] == pytest.approx(0.1)
     per_query_rel = torch.zeros(8, 50, dtype=torch.bool)
     per_query_rel[:, :5] = True

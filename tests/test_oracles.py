@@ -218,9 +218,15 @@ def test_plain_training_function_drives_leave_one_out_in_worker_processes():
     task = tda.Task(nn.Linear(3, 3).double())  # the measurement: cross-entropy at the query
     local = Executor(backend="local", workers=2, progress=False)
     res = leave_one_out(
-        sgd_linear, (X, y), (Xq, yq), removed=removed, init_seed=1, batch_seed=2, task=task,
+        sgd_linear,
+        (X, y),
+        (Xq, yq),
+        removed=removed,
+        init_seed=1,
+        batch_seed=2,
+        task=task,
         executor=local,
-    )  # fmt: skip
+    )
 
     def direct(indices):  # the same training in this process, measured by hand
         model = sgd_linear(X, y, indices, 1, 2)
@@ -241,9 +247,16 @@ def test_plain_training_function_drives_subset_retraining_with_positions():
     (X, y), (Xq, yq) = _class_data()
     CALLS.clear()
     res = subset_retraining(
-        sgd_linear, (X, y), (Xq, yq), n_subsets=3, fraction=0.5, n_models=2, seed=1,
-        task=tda.Task(nn.Linear(3, 3).double(), measurement="margin"), executor=SERIAL,
-    )  # fmt: skip
+        sgd_linear,
+        (X, y),
+        (Xq, yq),
+        n_subsets=3,
+        fraction=0.5,
+        n_models=2,
+        seed=1,
+        task=tda.Task(nn.Linear(3, 3).double(), measurement="margin"),
+        executor=SERIAL,
+    )
     assert len(CALLS) == 6
     for j, indices in enumerate(CALLS):  # positions of the subset, never a bool mask
         assert indices.dtype == torch.long and indices.ndim == 1
@@ -258,9 +271,16 @@ def test_plain_training_function_drives_subset_retraining_with_positions():
     torch.testing.assert_close(res.all_losses[m, r], expect, rtol=0, atol=1e-12)
     # the same function with a loss needs no task; a bool mask reaches it as positions
     named = subset_retraining(
-        FunctionRecipe(sgd_linear, loss="cross_entropy"), (X, y), (Xq, yq), n_subsets=3,
-        fraction=0.5, n_models=2, seed=1, measurement="margin", executor=SERIAL,
-    )  # fmt: skip
+        FunctionRecipe(sgd_linear, loss="cross_entropy"),
+        (X, y),
+        (Xq, yq),
+        n_subsets=3,
+        fraction=0.5,
+        n_models=2,
+        seed=1,
+        measurement="margin",
+        executor=SERIAL,
+    )
     torch.testing.assert_close(named.all_losses, res.all_losses, rtol=0, atol=0)
     CALLS.clear()
     mask = torch.arange(len(X)) % 3 == 0

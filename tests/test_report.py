@@ -47,9 +47,15 @@ def test_text_is_escaped_everywhere():
     Xq, yq = _images(1)
     Xt, yt = _images(8, seed=1)
     rep.add_explanations(
-        (Xq, yq), (Xt, yt), {evil: torch.randn(1, 8)}, classes=[evil, "b", "c"],
-        image_shape=(1, 6, 6), k=2, query_names=[evil], title=evil,
-    )  # fmt: skip
+        (Xq, yq),
+        (Xt, yt),
+        {evil: torch.randn(1, 8)},
+        classes=[evil, "b", "c"],
+        image_shape=(1, 6, 6),
+        k=2,
+        query_names=[evil],
+        title=evil,
+    )
     html = rep.render()
     _check_self_contained(html)
     assert "<script>" not in html and "onerror=" not in html.replace("onerror=&quot;", "")
@@ -92,9 +98,14 @@ def test_explanations_list_top_proponents_and_opponents_in_order():
     k = 4
     rep = Report("order")
     rep.add_explanations(
-        (Xq, yq), (Xt, yt), scores, predictions=pred, classes=["zero", "one", "two"],
-        image_shape=(1, 6, 6), k=k,
-    )  # fmt: skip
+        (Xq, yq),
+        (Xt, yt),
+        scores,
+        predictions=pred,
+        classes=["zero", "one", "two"],
+        image_shape=(1, 6, 6),
+        k=k,
+    )
     blocks = rep.render().split('<div class="query">')[1:]
     assert len(blocks) == 3
     for q, block in enumerate(blocks):
@@ -122,8 +133,11 @@ def test_ranking_from_scores_matches_argsort():
 def test_agreement_matrix_equals_scipy_spearman(ties):
     rng = np.random.default_rng(0)
     n_q, n = 5, 40
-    draw = (lambda: rng.integers(0, 6, (n_q, n)).astype(float)) if ties else (
-        lambda: rng.standard_normal((n_q, n)))  # fmt: skip
+    draw = (
+        (lambda: rng.integers(0, 6, (n_q, n)).astype(float))
+        if ties
+        else (lambda: rng.standard_normal((n_q, n)))
+    )
     base = draw()
     mats = {"a": base, "b": base + 0.5 * draw(), "c": draw(), "d": -base}
     A = agreement_matrix({k: torch.from_numpy(v) for k, v in mats.items()})

@@ -39,9 +39,16 @@ def test_same_seed_same_parameters(optimizer):
         model = build_model("mlp", (6,), 3, seed=0, hidden=(16,))
         lr = 0.01 if optimizer == "adam" else 0.05
         train_model(
-            model, data.X_train, data.y_train, epochs=3, batch_size=16, lr=lr,
-            optimizer=optimizer, seed=seed, progress=False,
-        )  # fmt: skip
+            model,
+            data.X_train,
+            data.y_train,
+            epochs=3,
+            batch_size=16,
+            lr=lr,
+            optimizer=optimizer,
+            seed=seed,
+            progress=False,
+        )
         return _state(model)
 
     assert torch.equal(run(0), run(0))
@@ -51,9 +58,14 @@ def test_same_seed_same_parameters(optimizer):
 def test_checkpoints(digits):
     model = build_model("linear", digits.image_shape, 10, seed=0)
     res = train_model(
-        model, digits.X_train[:200], digits.y_train[:200], epochs=5, lr=0.1,
-        checkpoint_every=2, progress=False,
-    )  # fmt: skip
+        model,
+        digits.X_train[:200],
+        digits.y_train[:200],
+        epochs=5,
+        lr=0.1,
+        checkpoint_every=2,
+        progress=False,
+    )
     assert len(res.checkpoints) == 2 and res.checkpoint_lrs == [0.1, 0.1]
     ckpt = res.checkpoints[-1]
     assert set(ckpt) == set(model.state_dict())
@@ -103,8 +115,9 @@ def test_bad_inputs():
     with pytest.raises(TdakitError, match="lr"):
         train_model(model, X, y, lr=-1.0, progress=False)
     with pytest.raises(TdakitError, match="shape"):
-        train_model(build_model("linear", (3,), 2, seed=0), X, y.float(), loss="mse",
-                    progress=False)  # fmt: skip
+        train_model(
+            build_model("linear", (3,), 2, seed=0), X, y.float(), loss="mse", progress=False
+        )
 
 
 def test_non_finite_loss_names_epoch():

@@ -192,11 +192,17 @@ def test_mse_uses_output_and_residual():
     S = tda.TRAK(
         task, checkpoints=[model], projection=None, damping=0.1, damping_mode="absolute"
     ).fit((X, Y))
-    J = torch.stack([
-        torch.cat([p.reshape(-1) for p in torch.autograd.grad(model(x[None])[0, 0],
-                                                             list(model.parameters()))])
-        for x in X
-    ])  # fmt: skip
+    J = torch.stack(
+        [
+            torch.cat(
+                [
+                    p.reshape(-1)
+                    for p in torch.autograd.grad(model(x[None])[0, 0], list(model.parameters()))
+                ]
+            )
+            for x in X
+        ]
+    )
     r = (Y - model(X)).detach()[:, 0]
     want = J[:4] @ torch.linalg.inv(J.T @ J + 0.1 * torch.eye(J.shape[1], dtype=D)) @ J.T * r
     torch.testing.assert_close(S.scores((X[:4], Y[:4])), want, rtol=1e-8, atol=1e-10)

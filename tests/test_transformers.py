@@ -20,10 +20,16 @@ N, T, VOCAB = 16, 9, 30
 
 def tiny_bert() -> torch.nn.Module:
     config = transformers.BertConfig(
-        vocab_size=VOCAB, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-        intermediate_size=16, max_position_embeddings=T, num_labels=3,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )  # fmt: skip
+        vocab_size=VOCAB,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=T,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     return transformers.BertForSequenceClassification(config).double().eval()
 

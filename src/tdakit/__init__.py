@@ -16,15 +16,16 @@ from tdakit.errors import (
     StoreError,
     TdakitError,
 )
+from tdakit.execution import Executor
 from tdakit.features.projection import Projector
 from tdakit.methods import (
-    InformationGain,
-    InformationLoss,
     TRAK,
     AttributionMethod,
     GradCos,
     GradDot,
     InfluenceFunction,
+    InformationGain,
+    InformationLoss,
     RandomBaseline,
     RepresentationSimilarity,
     RepresenterPoints,
@@ -32,7 +33,6 @@ from tdakit.methods import (
     from_config,
     get_method,
 )
-from tdakit.execution import Executor
 from tdakit.task import Task
 from tdakit.training import TrainingRecipe, train_model
 
@@ -62,6 +62,7 @@ __all__ = [
     "TracIn",
     "TrainingRecipe",
     "__version__",
+    "data",
     "execution",
     "from_config",
     "get_method",

@@ -70,9 +70,15 @@ def demo(
     from tdakit.demo import run_demo
 
     run_demo(
-        out, n_queries=queries, seed=seed, progress=not quiet, epochs=epochs,
-        hidden=(hidden,), n_train=train_size, n_checkpoints=min(3, epochs),
-    )  # fmt: skip
+        out,
+        n_queries=queries,
+        seed=seed,
+        progress=not quiet,
+        epochs=epochs,
+        hidden=(hidden,),
+        n_train=train_size,
+        n_checkpoints=min(3, epochs),
+    )
 
 
 @app.command()

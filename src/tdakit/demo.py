@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 import tdakit
 from tdakit.data import DataSplit
 from tdakit.errors import TdakitError, require
-from tdakit.storage.fileio import atomic_write
 from tdakit.methods.base import AttributionMethod
+from tdakit.storage.fileio import atomic_write
 from tdakit.task import Task
 
 __all__ = [
@@ -90,28 +90,52 @@ def _influence(solver: str, **kw: object) -> dict:
 
 
 METHODS: list[MethodEntry] = [
-    MethodEntry("GradDot", {"method": "grad_dot"}, "g_q · g_i: loss gradients at the final weights"),
-    MethodEntry("GradCos", {"method": "grad_cos"},
-                "cosine of the loss gradients (no gradient-norm bias)"),
-    MethodEntry("TracIn", {"method": "tracin"},
-                "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
-                uses=("checkpoints", "lrs")),
-    MethodEntry("Influence (exact GGN)", _influence("exact", curvature="ggn"),
-                "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01"),
-    MethodEntry("Influence (EK-FAC)", _influence("ekfac"),
-                "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01"),
-    MethodEntry("DataInf", _influence("datainf"),
-                "closed-form layerwise influence approximation, λ=0.01"),
-    MethodEntry("TRAK", {"method": "trak", "seed": 0},
-                "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
-                "TracIn checkpoints", uses=("checkpoints",)),
-    MethodEntry("RepresenterPoints", {"method": "representer"},
-                "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer"),
-    MethodEntry("RepresentationSimilarity", {"method": "representation_similarity"},
-                "cosine of penultimate-layer representations (label-agnostic)"),
-    MethodEntry("RandomBaseline", {"method": "random", "seed": 0},
-                "i.i.d. N(0, 1) scores: the chance level"),
-]  # fmt: skip
+    MethodEntry(
+        "GradDot", {"method": "grad_dot"}, "g_q · g_i: loss gradients at the final weights"
+    ),
+    MethodEntry(
+        "GradCos", {"method": "grad_cos"}, "cosine of the loss gradients (no gradient-norm bias)"
+    ),
+    MethodEntry(
+        "TracIn",
+        {"method": "tracin"},
+        "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
+        uses=("checkpoints", "lrs"),
+    ),
+    MethodEntry(
+        "Influence (exact GGN)",
+        _influence("exact", curvature="ggn"),
+        "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01",
+    ),
+    MethodEntry(
+        "Influence (EK-FAC)",
+        _influence("ekfac"),
+        "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01",
+    ),
+    MethodEntry(
+        "DataInf", _influence("datainf"), "closed-form layerwise influence approximation, λ=0.01"
+    ),
+    MethodEntry(
+        "TRAK",
+        {"method": "trak", "seed": 0},
+        "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
+        "TracIn checkpoints",
+        uses=("checkpoints",),
+    ),
+    MethodEntry(
+        "RepresenterPoints",
+        {"method": "representer"},
+        "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer",
+    ),
+    MethodEntry(
+        "RepresentationSimilarity",
+        {"method": "representation_similarity"},
+        "cosine of penultimate-layer representations (label-agnostic)",
+    ),
+    MethodEntry(
+        "RandomBaseline", {"method": "random", "seed": 0}, "i.i.d. N(0, 1) scores: the chance level"
+    ),
+]
 
 
 @dataclass
@@ -232,9 +256,6 @@ def run_demo(
     Returns the path of the report.
     """
     from tdakit.data import load_digits
-    from tdakit.models import build_model
-    from tdakit.report.demo_report import build_demo_report
-    from tdakit.training import train_model
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -272,8 +293,22 @@ def run_demo(
 
     created = prepare_output_dir(out)
     try:
-        return _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoints,
-                    top_k, methods, dev, t0)  # fmt: skip
+        return _run(
+            out,
+            split,
+            X,
+            y,
+            n_queries,
+            seed,
+            progress,
+            epochs,
+            hidden,
+            n_checkpoints,
+            top_k,
+            methods,
+            dev,
+            t0,
+        )
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -299,8 +334,22 @@ def prepare_output_dir(out: Path) -> bool:
     return created
 
 
-def _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoints, top_k,
-         methods, dev, t0) -> Path:  # fmt: skip
+def _run(
+    out,
+    split,
+    X,
+    y,
+    n_queries,
+    seed,
+    progress,
+    epochs,
+    hidden,
+    n_checkpoints,
+    top_k,
+    methods,
+    dev,
+    t0,
+) -> Path:
     from tdakit.models import build_model
     from tdakit.report.demo_report import build_demo_report
     from tdakit.training import train_model
@@ -309,9 +358,16 @@ def _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoi
     model = model.to(dev)
     every = max(1, epochs // n_checkpoints)
     trained = train_model(
-        model, X, y, epochs=epochs, lr=0.05, batch_size=64, seed=seed,
-        checkpoint_every=every, progress=progress,
-    )  # fmt: skip
+        model,
+        X,
+        y,
+        epochs=epochs,
+        lr=0.05,
+        batch_size=64,
+        seed=seed,
+        checkpoint_every=every,
+        progress=progress,
+    )
     with torch.no_grad():
         logits = model(split.X_test.to(dev)).cpu()
     pred = logits.argmax(1)
@@ -364,6 +420,8 @@ def _run(out, split, X, y, n_queries, seed, progress, epochs, hidden, n_checkpoi
     }
     atomic_write(out / "scores.pt", lambda f: torch.save(payload, f))
     path = report.write(out / "report.html")
-    print(f"tdakit demo: {len(done)} methods, {len(query_idx)} queries, "
-          f"{result.seconds:.1f} s. Report: {path.resolve()}")  # fmt: skip
+    print(
+        f"tdakit demo: {len(done)} methods, {len(query_idx)} queries, "
+        f"{result.seconds:.1f} s. Report: {path.resolve()}"
+    )
     return path

@@ -20,7 +20,9 @@ def code_digest(fn: object) -> str:
     except (OSError, TypeError):
         code = getattr(target, "__code__", None)
         source = "" if code is None else code.co_code.hex() + repr(code.co_consts)
-    state = "" if inspect.isfunction(fn) or inspect.isclass(fn) else repr(getattr(fn, "__dict__", ""))
+    state = (
+        "" if inspect.isfunction(fn) or inspect.isclass(fn) else repr(getattr(fn, "__dict__", ""))
+    )
     text = f"{qualified_name(fn)}|{source}|{state}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

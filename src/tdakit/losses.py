@@ -116,12 +116,14 @@ def check_targets(fn: PerExample, targets: torch.Tensor, out_shape: tuple[int, .
             )
             return
         require(
-            not targets.is_floating_point() and not targets.is_complex()
-            and targets.dtype != torch.bool and targets.ndim == 1,
+            not targets.is_floating_point()
+            and not targets.is_complex()
+            and targets.dtype != torch.bool
+            and targets.ndim == 1,
             f"cross_entropy needs integer class labels of shape [batch], got {targets.dtype} "
             f"{tuple(targets.shape)}; convert with y.long().",
             DataError,
-        )  # fmt: skip
+        )
         classes = out_shape[0] if len(out_shape) == 1 else 0
         if len(targets):
             lo, hi = int(targets.min()), int(targets.max())

@@ -160,18 +160,23 @@ class Task:
     def at(self, state: Mapping[str, torch.Tensor] | nn.Module) -> Task:
         """The same task for other weights (a checkpoint state dict or a module)."""
         model = load_weights(
-            copy.deepcopy(self.model), state,
+            copy.deepcopy(self.model),
+            state,
             "The checkpoint does not fit the task's model",
             "Pass state dicts (or modules) of exactly the same architecture.",
-        )  # fmt: skip
+        )
         return self.with_model(model)
 
     def with_model(self, model: nn.Module) -> Task:
         """This task's loss, measurement, params and hooks on another model."""
         task = Task(
-            model, self.loss_spec, self.measurement_spec, self.params_spec,
-            batch=self.batch_hook, output=self.output_hook,
-        )  # fmt: skip
+            model,
+            self.loss_spec,
+            self.measurement_spec,
+            self.params_spec,
+            batch=self.batch_hook,
+            output=self.output_hook,
+        )
         if task._param_names is None and self._param_names is not None:
             task._param_names = self._param_names
         return task
@@ -237,8 +242,7 @@ class Task:
         order: list[str] = []
         owners = {m: n for n, m in self.model.named_modules() if _direct_params(m)}
         hooks = [
-            m.register_forward_pre_hook(lambda mod, _a: order.append(owners[mod]))
-            for m in owners
+            m.register_forward_pre_hook(lambda mod, _a: order.append(owners[mod])) for m in owners
         ]
         try:
             with torch.no_grad(), eval_mode(self.model):

@@ -33,9 +33,17 @@ __all__ = [
 ]
 
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "TDAKIT_FASHION_MNIST"
 TABULAR_DATASETS = ("breast_cancer", "wine")
@@ -107,9 +115,14 @@ def _stratified_split(
 
 
 def _to_split(
-    Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray,
-    classes: Sequence[str], image_shape: tuple[int, ...] | None, regression: bool = False,
-) -> DataSplit:  # fmt: skip
+    Xtr: np.ndarray,
+    ytr: np.ndarray,
+    Xte: np.ndarray,
+    yte: np.ndarray,
+    classes: Sequence[str],
+    image_shape: tuple[int, ...] | None,
+    regression: bool = False,
+) -> DataSplit:
     ydtype = torch.float32 if regression else torch.int64
     return DataSplit(
         X_train=torch.as_tensor(np.ascontiguousarray(Xtr), dtype=torch.float32),

@@ -211,7 +211,9 @@ def _length(value: Any, what: str) -> int:
         return len(value)
     if isinstance(value, dict):
         sizes = {_length(v, f"{what}[{k!r}]") for k, v in value.items()}
-        require(len(sizes) == 1, f"{what} entries have different lengths {sorted(sizes)}.", DataError)
+        require(
+            len(sizes) == 1, f"{what} entries have different lengths {sorted(sizes)}.", DataError
+        )
         return sizes.pop()
     try:
         return len(value)

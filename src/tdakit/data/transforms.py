@@ -168,10 +168,11 @@ def group_classes(y: Tensor, groups: list[list[int]]) -> tuple[Tensor, Tensor]:
     """
     y = _int_labels(y)
     require(
-        isinstance(groups, (list, tuple)) and len(groups) > 0
+        isinstance(groups, (list, tuple))
+        and len(groups) > 0
         and all(isinstance(g, (list, tuple)) and len(g) > 0 for g in groups),
         "groups must be a non-empty list of non-empty lists of class labels, e.g. [[0, 1], [2]].",
-    )  # fmt: skip
+    )
     table: dict[int, int] = {}
     for gi, group in enumerate(groups):
         for c in group:
@@ -204,8 +205,9 @@ def mix_datasets(
 
     Returns ``(X, y, source)`` with ``source[i] = True`` for examples from B.
     """
-    X_a, y_a, X_b, y_b = (_tensor(t, n) for t, n in
-                          ((X_a, "X_a"), (y_a, "y_a"), (X_b, "X_b"), (y_b, "y_b")))  # fmt: skip
+    X_a, y_a, X_b, y_b = (
+        _tensor(t, n) for t, n in ((X_a, "X_a"), (y_a, "y_a"), (X_b, "X_b"), (y_b, "y_b"))
+    )
     for X, y, tag in ((X_a, y_a, "a"), (X_b, y_b, "b")):
         require(len(X) > 0, f"X_{tag} is empty.")
         require(len(X) == len(y), f"X_{tag} has {len(X)} examples but y_{tag} has {len(y)}.")

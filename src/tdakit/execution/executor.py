@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tdakit.batching import fingerprint as fingerprint_tensors
 from tdakit.errors import TdakitError, require
 from tdakit.fingerprints import describe_callable
-from tdakit.batching import fingerprint as fingerprint_tensors
 
 __all__ = [
     "BACKENDS",
@@ -109,8 +109,11 @@ def describe(obj: Any) -> Any:
         blob = pickle.dumps(obj)
     except Exception:
         blob = None
-    if blob is not None:
-        return {type(obj).__qualname__: hashlib.sha256(blob).hexdigest()[:16]}
+    if blob is not None:  # the class's code and the instance's state
+        return {
+            "object": describe_callable(type(obj)),
+            "state": hashlib.sha256(blob).hexdigest()[:16],
+        }
     raise TdakitError(
         f"Cannot build a content key from a {type(obj).__name__}; give the Job an explicit "
         "describe={...} of JSON-able values (str, numbers, lists, dicts, tensors)."

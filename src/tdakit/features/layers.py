@@ -15,7 +15,7 @@ A layer whose output has batch size 1 while the batch has ``B`` examples (a posi
 embedding broadcast over the batch) is expanded to ``B`` rows in the forward hook, so its
 per-example ``delta`` exists too. A layer whose first dimension only happens to equal ``B``
 (``pos(arange(T))`` of shape ``[T, d]`` with ``T == B``) is caught on the first batch (see
-:func:`_rows_per_example`) and the general paths are used instead. Results equal
+:func:`rows_per_example`) and the general paths are used instead. Results equal
 ``vmap(grad)`` up to rounding (tested).
 """
 
@@ -95,7 +95,9 @@ def capture(
                 output = output.expand(batch, *output.shape[1:])
             acts[name].append(a.detach())
             outs[name].append(output)
-            return output
+            # The rest of the network gets a copy: an in-place op after the layer
+            # (nn.ReLU(inplace=True)) must not overwrite the recorded output.
+            return output.clone()
 
         return record
 
@@ -134,15 +136,18 @@ def layer_grads(
         return False
     outputs = [outs[name] for name, *_ in layout]
     deltas = torch.autograd.grad(losses.sum(), outputs, retain_graph=verify)
-    if verify and not _rows_per_example(losses, outputs, deltas):
+    if verify and not rows_per_example(losses, outputs, deltas):
         return False
     for (name, module, w, b), delta in zip(layout, deltas, strict=True):
         _write_layer(module, acts[name], delta, w, b, write)
     return True
 
 
-def _rows_per_example(
-    losses: torch.Tensor, outputs: list[torch.Tensor], deltas: tuple[torch.Tensor, ...]
+def rows_per_example(
+    losses: torch.Tensor,
+    outputs: list[torch.Tensor],
+    deltas: tuple[torch.Tensor, ...],
+    retain_graph: bool = False,
 ) -> bool:
     """Whether row ``i`` of every layer output reaches loss ``i`` only.
 
@@ -154,7 +159,7 @@ def _rows_per_example(
     """
     gen = torch.Generator().manual_seed(0)
     r = (1 + torch.rand(len(losses), generator=gen, dtype=torch.float64)).to(losses)
-    weighted = torch.autograd.grad((losses * r).sum(), outputs)
+    weighted = torch.autograd.grad((losses * r).sum(), outputs, retain_graph=retain_graph)
     tol = torch.finfo(losses.dtype).eps ** 0.5
     for d, g in zip(deltas, weighted, strict=True):
         expected = d * r.view(-1, *([1] * (d.ndim - 1)))

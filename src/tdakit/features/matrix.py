@@ -86,8 +86,9 @@ class RecomputedFeatures(TrainFeatures):
 
     storage = "recompute"
 
-    def __init__(self, source: Source, featurize: Featurize, task: Any, batch_size: int,
-                 dim: int) -> None:  # fmt: skip
+    def __init__(
+        self, source: Source, featurize: Featurize, task: Any, batch_size: int, dim: int
+    ) -> None:
         super().__init__(len(source), dim)
         self.source, self.featurize, self.task, self.batch_size = (
             source,

@@ -39,8 +39,14 @@ def tangent_rows(
 ) -> torch.Tensor:
     """Rows ``[b, width(C, k)]`` of a batch as training points or queries."""
     if kind == "gradient":
-        g = batch_gradients(task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-                            projector=projector, start=batch.start)  # fmt: skip
+        g = batch_gradients(
+            task,
+            batch.inputs,
+            batch.targets,
+            objective=objective,  # type: ignore[arg-type]
+            projector=projector,
+            start=batch.start,
+        )
         ones = torch.ones(len(g), 1, dtype=g.dtype, device=g.device)
         return torch.cat([g, ones, ones, torch.zeros_like(ones)], dim=1)
     Phi, _ = tangent_features(task, batch.inputs, batch.targets, projector)

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdakit.data.sources import DataLike, to_tensors
 from tdakit.errors import require
 from tdakit.execution import Executor, Job
 from tdakit.groundtruth.jobs import prepare, train_states
 from tdakit.training.recipe import TrainingRecipe
-from tdakit.data.sources import DataLike, to_tensors
 
 __all__ = ["VARY", "Ensemble", "ensemble_seeds", "seed_ensemble"]
 

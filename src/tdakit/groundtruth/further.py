@@ -25,12 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from tdakit.data.sources import DataLike
 from tdakit.errors import require
 from tdakit.execution import Executor, Job, Shared
 from tdakit.groundtruth.jobs import continue_and_measure, make_measure, positions, prepare
 from tdakit.task import Task
 from tdakit.training.recipe import TrainingRecipe
-from tdakit.data.sources import DataLike
 
 __all__ = ["MECHANISMS", "FurtherResult", "further_training"]
 

@@ -222,8 +222,7 @@ def continue_and_measure(
     X, y, Xq, yq = _on(device, X, y, Xq, yq)
     keep = None
     if drop is not None:
-        keep = torch.ones(len(X), dtype=torch.bool)
-        keep[drop] = False
+        keep = torch.cat([torch.arange(drop), torch.arange(drop + 1, len(X))])
     run = recipe.run(
         X,
         y,

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from tdakit.data.sources import DataLike
 from tdakit.execution import Executor, Job
 from tdakit.groundtruth.jobs import make_measure, positions, prepare, train_and_measure
 from tdakit.task import Task
 from tdakit.training.recipe import as_recipe
-from tdakit.data.sources import DataLike
 
 __all__ = ["LOOResult", "leave_one_out"]
 

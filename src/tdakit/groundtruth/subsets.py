@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
+from tdakit.data.sources import DataLike
 from tdakit.errors import require
 from tdakit.execution import Executor, Job
 from tdakit.groundtruth.jobs import make_measure, prepare, train_and_measure
 from tdakit.task import Task
 from tdakit.training.recipe import as_recipe
-from tdakit.data.sources import DataLike
 
 __all__ = ["SubsetResult", "subset_masks", "subset_retraining"]
 

@@ -160,8 +160,9 @@ class AttributionMethod(ABC):
         out = None
         for b in self.iter_blocks(queries):
             if out is None:
-                out = torch.empty(n_query, self.n_train, dtype=b.values.dtype,
-                                  device=b.values.device)  # fmt: skip
+                out = torch.empty(
+                    n_query, self.n_train, dtype=b.values.dtype, device=b.values.device
+                )
             out[b.q0 : b.q1, b.t0 : b.t1] = b.values
         assert out is not None
         return out

@@ -110,11 +110,17 @@ class FeatureMethod(AttributionMethod):
     def _fit(self, source: Source) -> None:
         self.features_ = self.preconditioner_ = None
         self.features_ = build_train_features(
-            lambda b: self._featurize(b, "train"), source, self.task,
-            storage=self.storage, batch_size=self.batch_size, cache_dir=self.cache_dir,
-            meta=lambda: self._store_meta(source), max_memory=self.max_memory,
-            progress=self.progress, desc=f"{type(self).__name__} train features",
-        )  # fmt: skip
+            lambda b: self._featurize(b, "train"),
+            source,
+            self.task,
+            storage=self.storage,
+            batch_size=self.batch_size,
+            cache_dir=self.cache_dir,
+            meta=lambda: self._store_meta(source),
+            max_memory=self.max_memory,
+            progress=self.progress,
+            desc=f"{type(self).__name__} train features",
+        )
         self.preconditioner_ = self._fit_preconditioner(source)
 
     def _store_meta(self, source: Source) -> dict:
@@ -175,8 +181,9 @@ class FeatureMethod(AttributionMethod):
             return super().scores(queries)
         # Dense anyway and the features are in memory: one product per query block.
         T = self._train_view(features.T)  # type: ignore[attr-defined]
-        rows = [self._score_transform(Q @ T.to(Q.dtype).T) for _, _, Q in
-                self._query_states(queries)]  # fmt: skip
+        rows = [
+            self._score_transform(Q @ T.to(Q.dtype).T) for _, _, Q in self._query_states(queries)
+        ]
         return torch.cat(rows)
 
     # --- vector index -----------------------------------------------------------------------
@@ -200,13 +207,18 @@ class FeatureMethod(AttributionMethod):
         """
         from tdakit.methods.indexing import build_index
 
-        return build_index(self, backend, path, kind=kind, collection=collection,
-                           rebuild=rebuild, **options)  # fmt: skip
+        return build_index(
+            self, backend, path, kind=kind, collection=collection, rebuild=rebuild, **options
+        )
 
     def top_k(
-        self, queries: Any, k: int = 10, *, opponents: bool = False,
+        self,
+        queries: Any,
+        k: int = 10,
+        *,
+        opponents: bool = False,
         index: VectorIndex | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`AttributionMethod.top_k`; with ``index`` (from :meth:`build_index`) the
         search runs in the vector index instead of scanning the training features."""
         if index is None:

@@ -42,9 +42,13 @@ class GradDot(FeatureMethod):
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         return batch_gradients(
-            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-            projector=self.projector, start=batch.start,
-        )  # fmt: skip
+            self.task,
+            batch.inputs,
+            batch.targets,
+            objective=objective,  # type: ignore[arg-type]
+            projector=self.projector,
+            start=batch.start,
+        )
 
     @property
     def gradient_path(self) -> dict[str, str | None]:
@@ -111,12 +115,17 @@ class TracIn(GradDot):
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         parts = [
-            math.sqrt(lr) * batch_gradients(
-                t, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-                projector=self.projector, start=batch.start,
+            math.sqrt(lr)
+            * batch_gradients(
+                t,
+                batch.inputs,
+                batch.targets,
+                objective=objective,  # type: ignore[arg-type]
+                projector=self.projector,
+                start=batch.start,
             )
             for t, lr in zip(self.tasks, self.lrs, strict=True)
-        ]  # fmt: skip
+        ]
         return torch.cat(parts, dim=1)
 
     def _model_slices(self) -> list[slice]:

@@ -27,8 +27,16 @@ def index_meta(method: FeatureMethod) -> dict[str, Any]:
     }
 
 
-def build_index(method: FeatureMethod, backend: str, path: str | Path | None, *, kind: str,
-                collection: str, rebuild: bool, **options: Any) -> VectorIndex:  # fmt: skip
+def build_index(
+    method: FeatureMethod,
+    backend: str,
+    path: str | Path | None,
+    *,
+    kind: str,
+    collection: str,
+    rebuild: bool,
+    **options: Any,
+) -> VectorIndex:
     require(backend in BACKENDS, f"Unknown index backend {backend!r}; use one of {BACKENDS}.")
     require(
         method._model_slices() is None,
@@ -55,8 +63,15 @@ def build_index(method: FeatureMethod, backend: str, path: str | Path | None, *,
             except ValueError as err:  # missing (or refused: re-raised below)
                 if "different" in str(err):
                     raise
-        index = MilvusIndex(str(path), collection, dim, index_type=KINDS["milvus"][kind],
-                            meta=meta, rebuild=True, **options)  # fmt: skip
+        index = MilvusIndex(
+            str(path),
+            collection,
+            dim,
+            index_type=KINDS["milvus"][kind],
+            meta=meta,
+            rebuild=True,
+            **options,
+        )
     for a, b, T in method.train_blocks():
         index.add(torch.arange(a, b), T)
     if isinstance(index, MilvusIndex):
@@ -66,8 +81,9 @@ def build_index(method: FeatureMethod, backend: str, path: str | Path | None, *,
     return index
 
 
-def index_top_k(method: FeatureMethod, index: VectorIndex, queries: Any, k: int,
-                opponents: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def index_top_k(
+    method: FeatureMethod, index: VectorIndex, queries: Any, k: int, opponents: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     check_k(k, method.n_train)
     require(
         len(index) == method.n_train and index.dim == method._fitted()[0].dim,

@@ -122,14 +122,20 @@ class InfluenceFunction(FeatureMethod):
         return 1.0 / self.n_train
 
     def feature_config(self) -> dict:
-        return {"method": "gradients", "projection": None if self.projector is None
-                else self.projector.config}  # fmt: skip
+        return {
+            "method": "gradients",
+            "projection": None if self.projector is None else self.projector.config,
+        }
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         return batch_gradients(
-            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-            projector=self.projector, start=batch.start,
-        )  # fmt: skip
+            self.task,
+            batch.inputs,
+            batch.targets,
+            objective=objective,  # type: ignore[arg-type]
+            projector=self.projector,
+            start=batch.start,
+        )
 
     def _fit(self, source: Source) -> None:
         task = self.task
@@ -145,10 +151,15 @@ class InfluenceFunction(FeatureMethod):
         assert self.task is not None and self.features_ is not None
         features = self.features_
         curvature = Curvature(
-            self.task, source, self.curvature, self.damping,
-            features=lambda: features.blocks(self.block_size), projector=self.projector,
-            batch_size=self.batch_size, progress=self.progress,
-        )  # fmt: skip
+            self.task,
+            source,
+            self.curvature,
+            self.damping,
+            features=lambda: features.blocks(self.block_size),
+            projector=self.projector,
+            batch_size=self.batch_size,
+            progress=self.progress,
+        )
         fitted = copy.copy(self.solver).fit(curvature)
         self.damping_ = fitted.damping_
         self.mean_diagonal_ = getattr(fitted, "mean_diagonal_", curvature.mean_diagonal)

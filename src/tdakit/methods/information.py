@@ -62,13 +62,17 @@ class InformationLoss(FeatureMethod):
         **kw: Any,
     ) -> None:
         super().__init__(task, projection=projection, **kw)
-        require(features in ("tangent", "gradient"),
-                f"features must be 'tangent' or 'gradient', got {features!r}.")  # fmt: skip
+        require(
+            features in ("tangent", "gradient"),
+            f"features must be 'tangent' or 'gradient', got {features!r}.",
+        )
         self.features, self.observed, self.signed = features, bool(observed), bool(signed)
         self.prior_precision, self.noise = prior_precision, noise
         self.gaussian = task.loss_name == "mse" and features == "tangent"
-        require(not observed or self.gaussian,
-                "observed=True needs a Gaussian likelihood (loss='mse', tangent features).")  # fmt: skip
+        require(
+            not observed or self.gaussian,
+            "observed=True needs a Gaussian likelihood (loss='mse', tangent features).",
+        )
         GaussianPosterior(prior_precision=prior_precision, noise=noise, gaussian=self.gaussian)
 
     def feature_config(self) -> dict:
@@ -89,8 +93,9 @@ class InformationLoss(FeatureMethod):
 
     def _fit_preconditioner(self, source: Source) -> GaussianPosterior:
         C = self.outputs_
-        gp = GaussianPosterior(prior_precision=self.prior_precision, noise=self.noise,
-                               gaussian=self.gaussian)  # fmt: skip
+        gp = GaussianPosterior(
+            prior_precision=self.prior_precision, noise=self.noise, gaussian=self.gaussian
+        )
 
         def blocks():
             for a, b, T in self.features_.blocks(self.block_size):  # type: ignore[union-attr]
@@ -120,9 +125,13 @@ class InformationLoss(FeatureMethod):
         R = split_rows(torch.cat([self._featurize(b, "query") for b in batches]), self.outputs_)
         Phi = R.Phi.to(gp.compute_dtype)
         cov = gp.predictive_covariance(Phi, observed=self.observed)
-        return {"Wq": gp.whiten(Phi), "Phi": Phi, "sigma_inv": torch.linalg.inv(cov),
-                "dq": gp.whiten((Phi * R.e.to(Phi.dtype).unsqueeze(2)).sum(1)),
-                "dtype": R.Phi.dtype}  # fmt: skip
+        return {
+            "Wq": gp.whiten(Phi),
+            "Phi": Phi,
+            "sigma_inv": torch.linalg.inv(cov),
+            "dq": gp.whiten((Phi * R.e.to(Phi.dtype).unsqueeze(2)).sum(1)),
+            "dtype": R.Phi.dtype,
+        }
 
     def _scores_for(self, state: dict, T: torch.Tensor) -> torch.Tensor:
         W, d = self._train_white(T)
@@ -161,9 +170,12 @@ class InformationLoss(FeatureMethod):
         sign = check_objective(objective)
         gp = self.posterior_
         idx = torch.as_tensor(subset).long().reshape(-1)
-        require(len(idx) > 0 and len(idx.unique()) == len(idx), "subset must be distinct positions.")
-        R = split_rows(torch.cat([self.features_.rows(int(i), int(i) + 1) for i in idx]),
-                       self.outputs_)  # fmt: skip
+        require(
+            len(idx) > 0 and len(idx.unique()) == len(idx), "subset must be distinct positions."
+        )
+        R = split_rows(
+            torch.cat([self.features_.rows(int(i), int(i) + 1) for i in idx]), self.outputs_
+        )
         B = (R.L.transpose(1, 2) @ R.Phi).to(gp.compute_dtype) / gp.noise_**0.5
         scale = gp.prior_precision_**-0.5
         W = (gp.whiten(B) if sign > 0 else B * scale).reshape(-1, B.shape[-1])  # [m C, k]
@@ -178,9 +190,13 @@ class InformationLoss(FeatureMethod):
         return torch.cat(out)
 
     def select_subset(
-        self, queries: DataLike, k: int, *, objective: str = "loss",
+        self,
+        queries: DataLike,
+        k: int,
+        *,
+        objective: str = "loss",
         candidates: torch.Tensor | None = None,
-    ) -> list[Selection]:  # fmt: skip
+    ) -> list[Selection]:
         """Greedy ``k``-subsets per query: ``objective="loss"`` (information lost when the
         subset is removed from the posterior) or ``"gain"`` (information the subset alone
         adds to the prior). ``candidates`` restricts the search to those training positions.
@@ -188,11 +204,14 @@ class InformationLoss(FeatureMethod):
         order, the marginal gains (nats) and the total."""
         sign = check_objective(objective)
         gp = self.posterior_
-        pool = torch.arange(self.n_train) if candidates is None else torch.as_tensor(
-            candidates).long().reshape(-1)  # fmt: skip
+        pool = (
+            torch.arange(self.n_train)
+            if candidates is None
+            else torch.as_tensor(candidates).long().reshape(-1)
+        )
         require(1 <= k <= len(pool), f"k must be between 1 and {len(pool)}, got {k!r}.")
         rows = lambda idx: self.features_.rows(int(idx), int(idx) + 1)  # noqa: E731
-        scale = 1.0 if sign > 0 else (gp.prior_precision_ ** -0.5)
+        scale = 1.0 if sign > 0 else (gp.prior_precision_**-0.5)
 
         def white(T: torch.Tensor) -> torch.Tensor:
             R = split_rows(T, self.outputs_)
@@ -202,8 +221,11 @@ class InformationLoss(FeatureMethod):
         def blocks():
             for a in range(0, len(pool), self.block_size):
                 idx = pool[a : a + self.block_size]
-                T = torch.cat([rows(i) for i in idx]) if candidates is not None else \
-                    self.features_.rows(int(idx[0]), int(idx[-1]) + 1)  # fmt: skip
+                T = (
+                    torch.cat([rows(i) for i in idx])
+                    if candidates is not None
+                    else self.features_.rows(int(idx[0]), int(idx[-1]) + 1)
+                )
                 yield a, a + len(idx), white(T)
 
         out = []
@@ -211,8 +233,9 @@ class InformationLoss(FeatureMethod):
             for q in range(len(state["Wq"])):
                 wq = state["Wq"][q] if sign > 0 else state["Phi"][q] * scale
                 noise = gp.noise_ if self.observed else 0.0
-                sel = greedy_select(wq.T, blocks, lambda j: white(rows(pool[j]))[0],
-                                    len(pool), k, sign, noise)  # fmt: skip
+                sel = greedy_select(
+                    wq.T, blocks, lambda j: white(rows(pool[j]))[0], len(pool), k, sign, noise
+                )
                 out.append(Selection(pool[sel.indices], sel.gains, sel.total))
         return out
 
@@ -230,8 +253,9 @@ class InformationGain(GradDot):
 
     name = "information_gain"
 
-    def __init__(self, task: Task, *, projection: Any = 256,
-                 prior_precision: float | str = "auto", **kw: Any) -> None:  # fmt: skip
+    def __init__(
+        self, task: Task, *, projection: Any = 256, prior_precision: float | str = "auto", **kw: Any
+    ) -> None:
         super().__init__(task, projection=projection, **kw)
         self.prior_precision = prior_precision
         GaussianPosterior(prior_precision=prior_precision)

@@ -53,8 +53,9 @@ def from_config(config: dict[str, Any], task: Task | None, **runtime: Any) -> At
     options = {k: v for k, v in config.items() if k != "method"}
     allowed = set(_params(cls))
     unknown = sorted(set(options) - allowed)
-    require(not unknown, f"Unknown option(s) {unknown} for {cls.__name__}; allowed: "
-            f"{sorted(allowed)}.")  # fmt: skip
+    require(
+        not unknown, f"Unknown option(s) {unknown} for {cls.__name__}; allowed: {sorted(allowed)}."
+    )
     try:
         return cls(task, **options, **runtime)  # type: ignore[call-arg]
     except TypeError as err:

@@ -80,10 +80,12 @@ class RepresenterPoints(FeatureMethod):
     ) -> None:
         super().__init__(task, **kw)
         require(
-            isinstance(l2, (int, float)) and not isinstance(l2, bool) and math.isfinite(l2)
+            isinstance(l2, (int, float))
+            and not isinstance(l2, bool)
+            and math.isfinite(l2)
             and l2 > 0,
             f"l2 (lambda of the refit) must be a positive finite number, got {l2!r}.",
-        )  # fmt: skip
+        )
         require(
             isinstance(max_iter, int) and max_iter > 0, f"max_iter must be > 0, got {max_iter}."
         )
@@ -145,10 +147,15 @@ class RepresenterPoints(FeatureMethod):
         W0 = m.weight.detach() if m.bias is None else torch.cat([m.weight, m.bias[:, None]], 1)
         W = W0.detach().to(self.compute_dtype).clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
-            [W], lr=1, max_iter=self.max_iter, max_eval=2 * self.max_iter,
+            [W],
+            lr=1,
+            max_iter=self.max_iter,
+            max_eval=2 * self.max_iter,
             tolerance_grad=max(self.tolerance, 1e-7),  # Newton polishes the rest
-            tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe",
-        )  # fmt: skip
+            tolerance_change=0.0,
+            history_size=50,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
@@ -196,8 +203,9 @@ class RepresenterPoints(FeatureMethod):
                     out = dO.transpose(1, 2) @ H / len(H) + 2 * self.l2 * V
                     return out.reshape(len(V), -1)
 
-                flat, _ = conjugate_gradient(hvp, -g.reshape(1, -1), tol=1e-13,
-                                             max_iter=min(1000, g.numel()))  # fmt: skip
+                flat, _ = conjugate_gradient(
+                    hvp, -g.reshape(1, -1), tol=1e-13, max_iter=min(1000, g.numel())
+                )
                 step = flat.reshape(g.shape)
             trial = W + step  # near the optimum a full step; kept only if it helps
             g_trial = grad_fn(trial, H, y)
@@ -236,16 +244,9 @@ class RepresenterPoints(FeatureMethod):
         with torch.enable_grad():
             return -torch.autograd.grad(task._measure(O, yq).sum(), O)[0]  # type: ignore[union-attr]
 
-    def _train_scores(self, Q: torch.Tensor, per_model: bool):
-        for a, b, S in super()._train_scores(Q, per_model):
-            yield a, b, S.to(self.task.dtype)  # type: ignore[union-attr]
-
-    def _train_range(self, Q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return super()._train_range(Q, start, stop).to(self.task.dtype)  # type: ignore[union-attr]
-
-    def scores(self, queries: DataLike) -> torch.Tensor:
-        # computed in compute_dtype, returned in the model's dtype like every other path
-        return super().scores(queries).to(self.task.dtype)  # type: ignore[union-attr]
+    def _score_transform(self, S: torch.Tensor) -> torch.Tensor:
+        # computed in compute_dtype; scores, top-k and self-scores come in the model's dtype
+        return S.to(self.task.dtype)  # type: ignore[union-attr]
 
     def decomposition_check(self, queries: DataLike) -> Decomposition:
         """Compare ``sum_i alpha_i (h_i . h_q)`` with the refit outputs ``W h_q``."""

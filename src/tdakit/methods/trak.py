@@ -28,6 +28,7 @@ from torch import nn
 
 from tdakit.data.sources import Batch, Source, to_tensors
 from tdakit.errors import ConfigError, require
+from tdakit.execution import Executor
 from tdakit.features.grads import batch_gradients
 from tdakit.features.projection import Kind, Projector
 from tdakit.losses import negative_margin
@@ -35,7 +36,6 @@ from tdakit.methods.feature_method import FeatureMethod
 from tdakit.methods.registry import register
 from tdakit.preconditioners import CholeskyInverse, Preconditioner
 from tdakit.preconditioners.exact import as_dtype
-from tdakit.execution import Executor
 from tdakit.task import Task
 from tdakit.training.jobs import train_states
 from tdakit.training.recipe import as_recipe
@@ -128,23 +128,31 @@ class TRAK(FeatureMethod):
             "task's model alone) or recipe=... (to train n_models models during fit).",
         )
         require(subset in ("full", "half"), f"subset must be 'full' or 'half', got {subset!r}.")
-        require(measurement in ("margin", "task"),
-                f"measurement must be 'margin' or 'task', got {measurement!r}.")  # fmt: skip
         require(
-            isinstance(damping, (int, float)) and not isinstance(damping, bool)
-            and math.isfinite(damping) and damping >= 0,
+            measurement in ("margin", "task"),
+            f"measurement must be 'margin' or 'task', got {measurement!r}.",
+        )
+        require(
+            isinstance(damping, (int, float))
+            and not isinstance(damping, bool)
+            and math.isfinite(damping)
+            and damping >= 0,
             f"damping must be a finite number >= 0, got {damping!r}.",
-        )  # fmt: skip
-        require(damping_mode in ("relative", "absolute"),
-                f"damping_mode must be 'relative' or 'absolute', got {damping_mode!r}.")  # fmt: skip
+        )
+        require(
+            damping_mode in ("relative", "absolute"),
+            f"damping_mode must be 'relative' or 'absolute', got {damping_mode!r}.",
+        )
         self.checkpoints, self.subset, self.executor = checkpoints, subset, executor
         self.recipe = None if recipe is None else as_recipe(recipe)
         self.damping, self.damping_mode, self.measurement = damping, damping_mode, measurement
         self.projection, self.projection_kind = projection, projection_kind
         self.compute_dtype = as_dtype(compute_dtype)
         if recipe is not None:
-            require(isinstance(n_models, int) and not isinstance(n_models, bool) and n_models > 0,
-                    f"n_models must be a positive int, got {n_models!r}.")  # fmt: skip
+            require(
+                isinstance(n_models, int) and not isinstance(n_models, bool) and n_models > 0,
+                f"n_models must be a positive int, got {n_models!r}.",
+            )
             self.tasks: list[Task] = []
         else:
             checkpoints = list(checkpoints)  # type: ignore[arg-type]
@@ -165,8 +173,9 @@ class TRAK(FeatureMethod):
             isinstance(projection, int) and not isinstance(projection, bool) and projection > 0,
             f"projection must be a positive int, a Projector or None, got {projection!r}.",
         )
-        return [Projector(projection, kind, seed=self.seed * 100003 + m)
-                for m in range(self.n_models)]  # fmt: skip
+        return [
+            Projector(projection, kind, seed=self.seed * 100003 + m) for m in range(self.n_models)
+        ]
 
     def feature_config(self) -> dict:
         return {
@@ -198,15 +207,22 @@ class TRAK(FeatureMethod):
 
     # --- features ----------------------------------------------------------------------------
     def _margin_task(self, t: Task) -> Task:
-        return t.with_measurement(negative_margin if t.loss_name == "cross_entropy"
-                                  else _negative_output)  # fmt: skip
+        return t.with_measurement(
+            negative_margin if t.loss_name == "cross_entropy" else _negative_output
+        )
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         parts = []
         for t, proj in zip(self.tasks, self.projectors, strict=True):
             mt = t if objective == "query" and self.measurement == "task" else self._margin_task(t)
-            phi = -batch_gradients(mt, batch.inputs, batch.targets, objective="query",
-                                   projector=proj, start=batch.start)  # fmt: skip
+            phi = -batch_gradients(
+                mt,
+                batch.inputs,
+                batch.targets,
+                objective="query",
+                projector=proj,
+                start=batch.start,
+            )
             if objective == "train":
                 extra = self._weights(mt, batch)
             else:

@@ -102,9 +102,13 @@ def loo_correlation(
         "spearman_per_query": spearman,
     }
     return summarise(
-        "loo_correlation", pearson, n_boot=n_boot, confidence=confidence, seed=seed,
+        "loo_correlation",
+        pearson,
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
         details=details,
-    )  # fmt: skip
+    )
 
 
 def further_training_agreement(

@@ -183,8 +183,11 @@ def recall_at_k(
     hits = rel.gather(1, top).double().sum(1)
     kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
     precision = hits / top.shape[1]
-    details = {"k": top.shape[1], "precision": float(precision.mean()),
-               "precision_ci": bootstrap_ci(precision, **kw)}  # fmt: skip
+    details = {
+        "k": top.shape[1],
+        "precision": float(precision.mean()),
+        "precision_ci": bootstrap_ci(precision, **kw),
+    }
     return summarise(f"recall@{top.shape[1]}", hits / rel.double().sum(1), details=details, **kw)
 
 
@@ -271,9 +274,15 @@ def subclass_detection(
     """For a model trained on merged super-classes: fraction of the top-``s`` proponents from
     the query's original subclass (see ``tdakit.data.transforms.group_classes``)."""
     return class_detection(
-        S_or_idx, train_subclass, query_subclass, s, name="subclass_detection",
-        n_boot=n_boot, confidence=confidence, seed=seed,
-    )  # fmt: skip
+        S_or_idx,
+        train_subclass,
+        query_subclass,
+        s,
+        name="subclass_detection",
+        n_boot=n_boot,
+        confidence=confidence,
+        seed=seed,
+    )
 
 
 def topk_cardinality(
@@ -304,6 +313,12 @@ def topk_cardinality(
     lo, hi = bootstrap_statistic(
         card, nq, n_boot=n_boot, confidence=confidence, seed=seed, centre=value
     ).tolist()
-    details = {"k": k, "n_unique": round(value * nq * k), "ci_method": "bias-corrected bootstrap",
-               "n_boot": n_boot, "confidence": confidence, "seed": seed}  # fmt: skip
+    details = {
+        "k": k,
+        "n_unique": round(value * nq * k),
+        "ci_method": "bias-corrected bootstrap",
+        "n_boot": n_boot,
+        "confidence": confidence,
+        "seed": seed,
+    }
     return MetricResult("topk_cardinality", value, (lo, hi), None, nq, details)

@@ -15,12 +15,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import require
+from tdakit.execution import Executor
 from tdakit.losses import cross_entropy, squared_error
 from tdakit.metrics import _inputs as check
 from tdakit.metrics.functional import spearman_rows
 from tdakit.metrics.stats import CONFIDENCE, N_BOOT, MetricResult, bootstrap_ci, compare, summarise
 from tdakit.task import eval_mode
+from tdakit.training.jobs import train_and_predict
 from tdakit.training.loop import seeded_rng
+from tdakit.training.recipe import as_recipe
 
 __all__ = [
     "coreset_selection",
@@ -29,14 +32,6 @@ __all__ = [
     "model_randomisation",
     "randomised_copy",
 ]
-
-
-def _check_recipe(recipe: object) -> None:
-    require(
-        callable(getattr(recipe, "train", None)),
-        f"recipe must have a method train(X, y, *, indices, init_seed, batch_seed) -> nn.Module "
-        f"(e.g. tdakit.groundtruth.TrainingRecipe), got {type(recipe).__name__}.",
-    )
 
 
 def _outputs(model: nn.Module, X: Tensor) -> Tensor:
@@ -83,6 +78,7 @@ def counterfactual_sensitivity(
     confidence: float = CONFIDENCE,
     seed: int = 0,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> MetricResult:
     """Remove each query's top-k training examples, retrain, and measure what changes.
 
@@ -90,7 +86,8 @@ def counterfactual_sensitivity(
     ``init_seed``/``batch_seed`` as the full-data model, and compare with the full-data
     model on q: change in the query's loss (value; larger is better), prediction flip and
     change in predictive entropy (classification). Baseline: k random examples per query
-    (seeded by ``random_seed`` and q). Costs ``2 * n_query + 1`` trainings.
+    (seeded by ``random_seed`` and q). Costs ``2 * n_query + 1`` trainings, run through
+    ``executor`` (default: in this process; ``tda.Executor(...)`` for parallel, cached jobs).
 
     ``S_or_idx``: scores ``[n_query, n_train]`` or ranked indices ``[n_query, >=k]``.
     ``loss``: per-example ``loss(outputs, targets)``; defaults to ``recipe.loss`` or
@@ -98,9 +95,11 @@ def counterfactual_sensitivity(
     (paired comparison of the loss change), ``flip_rate``, ``delta_entropy`` and their
     random counterparts, each with a bootstrap CI over queries.
     """
-    _check_recipe(recipe)
-    Xt, yt, Xq, yq = (check.tensor(v, n) for v, n in
-                      ((X, "X"), (y, "y"), (X_query, "X_query"), (y_query, "y_query")))  # fmt: skip
+    recipe = as_recipe(recipe)
+    Xt, yt, Xq, yq = (
+        check.tensor(v, n)
+        for v, n in ((X, "X"), (y, "y"), (X_query, "X_query"), (y_query, "y_query"))
+    )
     n, nq = len(Xt), len(Xq)
     require(n > 0 and len(yt) == n, f"X ({n}) and y ({len(yt)}) must be non-empty, equal length.")
     require(len(yq) == nq and nq > 0, "X_query and y_query must be non-empty with equal length.")
@@ -109,24 +108,34 @@ def counterfactual_sensitivity(
     k = top.shape[1]
     require(k < n, f"k={k} would remove the whole training set ({n} examples).")
     loss_fn = _loss_fn(loss, recipe)
-    seeds = {"init_seed": init_seed, "batch_seed": batch_seed}
 
-    def removed_run(drop: Tensor, q: int) -> dict[str, Tensor]:
+    def kept(drop: Tensor) -> Tensor:
         keep = torch.ones(n, dtype=torch.bool)
         keep[drop] = False
-        model = recipe.train(Xt, yt, indices=torch.nonzero(keep).flatten(), **seeds)
-        return _evaluate(_outputs(model, Xq[q : q + 1]), yq[q : q + 1], loss_fn)
+        return torch.nonzero(keep).flatten()
 
-    full = _evaluate(_outputs(recipe.train(Xt, yt, indices=None, **seeds), Xq), yq, loss_fn)
-    runs: dict[str, list[dict[str, Tensor]]] = {"method": [], "random": []}
-    for q in tqdm(range(nq), desc="counterfactual", disable=not progress, leave=False):
+    plan = [(None, init_seed, batch_seed)]
+    for q in range(nq):
         gen = torch.Generator().manual_seed(int(random_seed) * 1_000_003 + q)
-        runs["method"].append(removed_run(top[q], q))
-        runs["random"].append(removed_run(torch.randperm(n, generator=gen)[:k], q))
+        plan += [
+            (kept(top[q]), init_seed, batch_seed),
+            (kept(torch.randperm(n, generator=gen)[:k]), init_seed, batch_seed),
+        ]
+    executor = executor or Executor(backend="serial", progress=progress)
+    outs = train_and_predict(recipe, Xt, yt, Xq, plan, executor, desc="counterfactual")
+    full = _evaluate(outs[0], yq, loss_fn)
+    runs: dict[str, list[dict[str, Tensor]]] = {"method": [], "random": []}
+    for q in range(nq):
+        for which, out in zip(("method", "random"), outs[1 + 2 * q : 3 + 2 * q], strict=True):
+            runs[which].append(_evaluate(out[q : q + 1], yq[q : q + 1], loss_fn))
 
     kw = {"n_boot": n_boot, "confidence": confidence, "seed": seed}
-    details: dict = {"k": k, "init_seed": init_seed, "batch_seed": batch_seed,
-                     "random_seed": random_seed}  # fmt: skip
+    details: dict = {
+        "k": k,
+        "init_seed": init_seed,
+        "batch_seed": batch_seed,
+        "random_seed": random_seed,
+    }
     results = {}
     for which, rs in runs.items():
         after = {key: torch.cat([r[key] for r in rs]) for key in rs[0]}
@@ -177,6 +186,7 @@ def coreset_selection(
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> MetricResult:
     """Test accuracy of models trained on the method's top-``budget`` examples vs random subsets.
 
@@ -189,7 +199,7 @@ def coreset_selection(
     ``random_accuracy``, ``gain`` (method − random) with bootstrap CIs over seeds
     (``[B, 2]``), and the raw ``[B, n_seeds]`` runs. Higher is better.
     """
-    _check_recipe(recipe)
+    recipe = as_recipe(recipe)
     Xt, yt = check.tensor(X, "X"), check.tensor(y, "y")
     Xs, ys = check.tensor(X_test, "X_test"), check.labels(y_test, "y_test")
     n = len(Xt)
@@ -200,16 +210,17 @@ def coreset_selection(
     require(len(budgets) > 0 and len(seeds) > 0, "Give at least one budget and one seed.")
     order = _ranking(scores_or_ranking, n, max(budgets))
     acc = torch.zeros(2, len(budgets), len(seeds), dtype=torch.float64)
-    bar = tqdm(total=2 * len(budgets) * len(seeds), desc="coreset", disable=not progress,
-               leave=False)  # fmt: skip
+    plan, slots = [], []
     for bi, b in enumerate(budgets):
         for si, s in enumerate(seeds):
             gen = torch.Generator().manual_seed(s * 1_000_003 + b)
             for which, idx in enumerate((order[:b], torch.randperm(n, generator=gen)[:b])):
-                model = recipe.train(Xt, yt, indices=idx, init_seed=s, batch_seed=s)
-                acc[which, bi, si] = (_outputs(model, Xs).argmax(1) == ys).double().mean()
-                bar.update()
-    bar.close()
+                plan.append((idx, s, s))
+                slots.append((which, bi, si))
+    executor = executor or Executor(backend="serial", progress=progress)
+    outs = train_and_predict(recipe, Xt, yt, Xs, plan, executor, desc="coreset")
+    for (which, bi, si), out in zip(slots, outs, strict=True):
+        acc[which, bi, si] = (out.argmax(1) == ys).double().mean()
     kw = {"n_boot": n_boot, "confidence": confidence, "seed": 0}
     details = {
         "budgets": budgets,
@@ -228,8 +239,9 @@ def coreset_selection(
 
 def model_layers(model: nn.Module) -> list[str]:
     """Names of the modules that own parameters, output side first (the cascading order)."""
-    owners = [name for name, m in model.named_modules()
-              if any(True for _ in m.parameters(recurse=False))]  # fmt: skip
+    owners = [
+        name for name, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))
+    ]
     return owners[::-1]
 
 

@@ -103,9 +103,14 @@ class Comparison:
     def to_dict(self) -> dict:
         """A JSON-friendly summary."""
         return {
-            "name": self.name, "difference": self.difference, "ci": list(self.ci),
-            "p_value": self.p_value, "test": self.test, "n": self.n, "details": self.details,
-        }  # fmt: skip
+            "name": self.name,
+            "difference": self.difference,
+            "ci": list(self.ci),
+            "p_value": self.p_value,
+            "test": self.test,
+            "n": self.n,
+            "details": self.details,
+        }
 
     def __str__(self) -> str:
         lo, hi = self.ci
@@ -134,8 +139,11 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> Tensor:
 def _index_chunks(n: int, n_boot: int, seed: int, strata: Tensor | None):
     gen = torch.Generator().manual_seed(int(seed))
     step = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    groups = None if strata is None else [torch.nonzero(strata == s).flatten() for s in
-                                          torch.unique(strata)]  # fmt: skip
+    groups = (
+        None
+        if strata is None
+        else [torch.nonzero(strata == s).flatten() for s in torch.unique(strata)]
+    )
     for start in range(0, n_boot, step):
         b = min(step, n_boot - start)
         if groups is None:

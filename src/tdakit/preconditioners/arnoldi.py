@@ -99,8 +99,9 @@ class Arnoldi(Preconditioner):
         seed: int = 0,
     ) -> None:
         self.rank = check_option(rank, "rank", int, 0)
-        self.krylov_dim = None if krylov_dim is None else check_option(
-            krylov_dim, "krylov_dim", int, 0)  # fmt: skip
+        self.krylov_dim = (
+            None if krylov_dim is None else check_option(krylov_dim, "krylov_dim", int, 0)
+        )
         require(complement in COMPLEMENTS, f"complement must be one of {COMPLEMENTS}.")
         require(negative in NEGATIVE, f"negative must be one of {NEGATIVE}.")
         self.complement, self.negative = complement, negative
@@ -109,8 +110,13 @@ class Arnoldi(Preconditioner):
         self.eigenvectors_: torch.Tensor | None = None
 
     def options(self) -> dict:
-        return {"rank": self.rank, "krylov_dim": self.krylov_dim, "complement": self.complement,
-                "negative": self.negative, "seed": self.seed}  # fmt: skip
+        return {
+            "rank": self.rank,
+            "krylov_dim": self.krylov_dim,
+            "complement": self.complement,
+            "negative": self.negative,
+            "seed": self.seed,
+        }
 
     def fit(self, curvature: Curvature) -> Arnoldi:
         op = curvature.operator()

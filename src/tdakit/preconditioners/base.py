@@ -74,8 +74,12 @@ class Relative:
         )
 
     def to_config(self) -> dict:
-        return {"relative": self.factor, "estimate": self.estimate, "samples": self.samples,
-                "seed": self.seed}  # fmt: skip
+        return {
+            "relative": self.factor,
+            "estimate": self.estimate,
+            "samples": self.samples,
+            "seed": self.seed,
+        }
 
 
 Damping = float | Relative
@@ -89,8 +93,11 @@ def as_damping(value: Any) -> Damping:
         require("relative" in value, f"A damping dict needs a 'relative' factor, got {value}.")
         rest = {k: v for k, v in value.items() if k != "relative"}
         unknown = sorted(set(rest) - {"estimate", "samples", "seed"})
-        require(not unknown, f"Unknown relative damping option(s) {unknown} in {value}; "
-                "use {'relative': c, 'estimate': ..., 'samples': ..., 'seed': ...}.")  # fmt: skip
+        require(
+            not unknown,
+            f"Unknown relative damping option(s) {unknown} in {value}; "
+            "use {'relative': c, 'estimate': ..., 'samples': ..., 'seed': ...}.",
+        )
         return Relative(value["relative"], **rest)
     return check_damping(value)
 

@@ -76,9 +76,11 @@ class CholeskyInverse:
         L, info = torch.linalg.cholesky_ex(A)
         scale = float(A.diagonal().abs().max()) if len(A) else 0.0
         tiny = torch.finfo(compute_dtype).eps * len(A) * scale
-        if int(info) != 0 or not bool(torch.isfinite(L).all()) or float(
-            torch.diagonal(L).pow(2).min()
-        ) <= tiny:
+        if (
+            int(info) != 0
+            or not bool(torch.isfinite(L).all())
+            or float(torch.diagonal(L).pow(2).min()) <= tiny
+        ):
             min_eig = float(torch.linalg.eigvalsh(matrix.to(torch.float64)).min())
             raise NumericalError(not_positive_definite(kind, damping, min_eig))
         del A
@@ -146,8 +148,7 @@ class Exact(Preconditioner):
         lam = curvature.resolve(exact=lambda: float(M.diagonal().mean()))
         label = {"hessian": "Hessian", "ggn": "GGN", "fisher": "empirical Fisher"}
         prefix = "projected " if self.projector is not None else ""
-        self.inverse_ = CholeskyInverse(M, lam, prefix + label[curvature.kind],
-                                        self.compute_dtype)  # fmt: skip
+        self.inverse_ = CholeskyInverse(M, lam, prefix + label[curvature.kind], self.compute_dtype)
         self.damping_ = lam
         return self
 

@@ -77,16 +77,18 @@ class GaussianPosterior(Preconditioner):
         self.inverse_: CholeskyInverse | None = None
 
     def options(self) -> dict:
-        return {"prior_precision": self.prior_precision, "noise": self.noise,
-                "gaussian": self.gaussian, "compute_dtype": dtype_name(self.compute_dtype)}  # fmt: skip
+        return {
+            "prior_precision": self.prior_precision,
+            "noise": self.noise,
+            "gaussian": self.gaussian,
+            "compute_dtype": dtype_name(self.compute_dtype),
+        }
 
     # --- fitting ----------------------------------------------------------------------------
     def fit(self, curvature: Curvature) -> GaussianPosterior:
         return self.fit_blocks(curvature.iter_features, getattr(curvature, "residuals", None))
 
-    def fit_blocks(
-        self, blocks: Blocks, residuals: Blocks | None = None
-    ) -> GaussianPosterior:
+    def fit_blocks(self, blocks: Blocks, residuals: Blocks | None = None) -> GaussianPosterior:
         """Fit from ``blocks()`` yielding ``(start, stop, B [b, C, k])`` and, for the
         Gaussian evidence, ``residuals()`` yielding ``(start, stop, r [b, C])``."""
         dt = self.compute_dtype
@@ -126,11 +128,14 @@ class GaussianPosterior(Preconditioner):
         )
         s, U = torch.linalg.eigh(gram)
         b2 = (U.T @ proj).pow(2)
-        fixed = {"delta": None if delta == "auto" else float(delta),
-                 "noise": None if noise == "auto" else float(noise)}  # fmt: skip
+        fixed = {
+            "delta": None if delta == "auto" else float(delta),
+            "noise": None if noise == "auto" else float(noise),
+        }
         start = {"delta": max(unit, 1e-12), "noise": max(rr / n_out, 1e-12)}
-        best = log_evidence_argmax(s.clamp_min(0).cpu().numpy(), b2.cpu().numpy(), rr, n_out,
-                                   start, fixed)  # fmt: skip
+        best = log_evidence_argmax(
+            s.clamp_min(0).cpu().numpy(), b2.cpu().numpy(), rr, n_out, start, fixed
+        )
         self.log_evidence_ = best[2]
         return best[0], best[1]
 

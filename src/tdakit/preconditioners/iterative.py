@@ -136,10 +136,13 @@ class CG(Preconditioner):
         op, lam = self.op_, float(self.damping_)  # type: ignore[arg-type]
         assert op is not None
         X, rel = conjugate_gradient(
-            lambda P: _rows_mm(op, P) + lam * P, B, tol=self.tol, max_iter=self.max_iter,
+            lambda P: _rows_mm(op, P) + lam * P,
+            B,
+            tol=self.tol,
+            max_iter=self.max_iter,
             progress=self.progress,
             indefinite=not_positive_definite(op.kind, lam, where=" (found by CG)"),
-        )  # fmt: skip
+        )
         bad = rel > self.tol
         if self.tol > 0 and bool(bad.any()):
             warnings.warn(
@@ -184,8 +187,9 @@ class LiSSA(Preconditioner):
     ) -> None:
         self.depth = check_option(depth, "depth", int, 0)
         self.repeats = check_option(repeats, "repeats", int, 0)
-        self.batch_size = None if batch_size is None else check_option(
-            batch_size, "batch_size", int, 0)  # fmt: skip
+        self.batch_size = (
+            None if batch_size is None else check_option(batch_size, "batch_size", int, 0)
+        )
         self.scale = None if scale is None else float(check_option(scale, "scale", (int, float), 0))
         self.tol = float(check_option(tol, "tol", (int, float), 0, strict=False))
         self.power_iters = check_option(power_iters, "power_iters", int, 0)
@@ -196,9 +200,16 @@ class LiSSA(Preconditioner):
         self.progress = False
 
     def options(self) -> dict:
-        return {"depth": self.depth, "repeats": self.repeats, "batch_size": self.batch_size,
-                "scale": self.scale, "tol": self.tol, "power_iters": self.power_iters,
-                "seed": self.seed, "block": self.block}  # fmt: skip
+        return {
+            "depth": self.depth,
+            "repeats": self.repeats,
+            "batch_size": self.batch_size,
+            "scale": self.scale,
+            "tol": self.tol,
+            "power_iters": self.power_iters,
+            "seed": self.seed,
+            "block": self.block,
+        }
 
     def fit(self, curvature: Curvature) -> LiSSA:
         op = self.op_ = curvature.operator()
@@ -238,8 +249,13 @@ class LiSSA(Preconditioner):
         v_norm = V.norm(dim=1)
         h = V.clone()
         converged = False
-        bar = tqdm(desc="lissa", unit="it", disable=not self.progress, leave=False,
-                   total=self.depth if batch is not None else None)  # fmt: skip
+        bar = tqdm(
+            desc="lissa",
+            unit="it",
+            disable=not self.progress,
+            leave=False,
+            total=self.depth if batch is not None else None,
+        )
         for t in range(self.depth):
             idx = None if batch is None else torch.randperm(op.num_examples, generator=gen)[:batch]
             h_new = V + (1 - lam / s) * h - _rows_mm(op, h, idx) / s

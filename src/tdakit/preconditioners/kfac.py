@@ -32,7 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tdakit.errors import ConfigError, NumericalError, require
-from tdakit.features.layers import capture, conv_patches
+from tdakit.features.layers import capture, conv_patches, rows_per_example
 from tdakit.preconditioners.base import Curvature, Preconditioner, check_damping
 from tdakit.preconditioners.exact import as_dtype, dtype_name
 from tdakit.preconditioners.operators import forward_ad_kernels, output_hessians
@@ -133,6 +133,7 @@ class KFAC(Preconditioner):
         task = curvature.task
         next(iter(curvature.source.batches(task, curvature.batch_size)))  # resolve params
         self.layers_ = find_layers(task)
+        self._verified = False
         self.num_params = task.num_params
         sums: dict[str, list[Any]] = {layer.name: [0.0, 0.0] for layer in self.layers_}
         for acts, grads in self._passes(curvature, "K-FAC factors"):
@@ -200,32 +201,33 @@ class KFAC(Preconditioner):
         layout = [(layer.name, layer.module, None, None) for layer in self.layers_]
 
         def run() -> torch.Tensor:
-            # capture() records each layer's output tensor; an in-place op after the layer
-            # (nn.ReLU(inplace=True)) would overwrite it and re-base its autograd history.
-            # These hooks run after capture's: the rest of the network gets a copy.
-            handles = [
-                L.module.register_forward_hook(
-                    lambda _m, _i, o: o.clone() if isinstance(o, torch.Tensor) else None
-                )
-                for L in self.layers_
-            ]
-            try:
-                return task.outputs(params, inputs)
-            finally:
-                for h in handles:
-                    h.remove()
+            return task.outputs(params, inputs)
 
         with torch.enable_grad(), forward_ad_kernels():
             got = capture(layout, len(targets), run)
         if got is None:
             raise ConfigError(
                 "K-FAC needs every attributed layer to run exactly once per forward pass on "
-                "the whole batch (no weight sharing, no functional use of the weights). "
-                "Restrict Task(params=[...]) to such layers."
+                "the whole batch, with one output row per example (no weight sharing, no "
+                "functional use of the weights, no layer applied to something shared by the "
+                "batch such as a position embedding of arange(T)). Restrict "
+                "Task(params=[...]) to such layers."
             )
         out, inputs_, outputs = got
         roots = _loss_hessian_roots(task, out.detach(), targets)
         targets_ = [outputs[layer.name] for layer in self.layers_]
+        if not self._verified:  # rows of every layer output must belong to one example each
+            losses = task._loss(out, targets)
+            used = [t for t in targets_ if t.requires_grad]
+            deltas = torch.autograd.grad(losses.sum(), used, retain_graph=True)
+            require(
+                rows_per_example(losses, used, deltas, retain_graph=True),
+                "K-FAC needs every attributed layer's output rows to belong to one example each "
+                "(a layer applied to something shared by the batch, such as a position "
+                "embedding of arange(T), breaks that). Leave such layers out of "
+                "Task(params=[...]).",
+            )
+            self._verified = True
         cols = roots.permute(2, 0, 1).reshape(roots.shape[2], *out.shape)
         gs = torch.autograd.grad(
             out, targets_, grad_outputs=cols, is_grads_batched=True, allow_unused=True
@@ -332,7 +334,7 @@ def _inverse_parts(layer: KFACLayer, damping: float, dtype, device):
                 f"{float(ev.max()):.3g}) and the damping λ={damping:.3g} does not lift it: "
                 "use damping > 0 (or tda.solvers.Relative(c))."
             )
-        move = (lambda t: None if t is None else t.to(device, dtype))  # noqa: E731
+        move = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
         layer._cache[key] = (
             move(layer.QA),
             move(layer.QG),
@@ -350,8 +352,11 @@ def _loss_hessian_roots(task: Task, out: torch.Tensor, y: torch.Tensor) -> torch
 def _a_factor(layer: KFACLayer, a: torch.Tensor) -> torch.Tensor:
     if layer.kind == "embedding":  # a: token ids [B, T] -> diag of E[(1/T) sum_t e e^T]
         counts = torch.zeros(layer.module.num_embeddings, dtype=torch.float64, device=a.device)
-        counts.index_add_(0, a.reshape(-1), torch.full((a.numel(),), 1.0 / a.shape[1],
-                                                       dtype=torch.float64, device=a.device))
+        counts.index_add_(
+            0,
+            a.reshape(-1),
+            torch.full((a.numel(),), 1.0 / a.shape[1], dtype=torch.float64, device=a.device),
+        )
         return counts
     return torch.einsum("bti,btj->ij", a, a) / a.shape[1]
 
@@ -413,7 +418,7 @@ def _sum_sq_rotated(grot: torch.Tensor, arot: torch.Tensor) -> torch.Tensor:
 
 def _embedding_sq(grot: torch.Tensor, ids: torch.Tensor, layer: KFACLayer) -> torch.Tensor:
     """``sum_b (sum_t grot[b, t] e_{id[b, t]}^T)^2`` ``[dim, vocab]``, chunked over examples."""
-    B, T, o = grot.shape
+    B, _, o = grot.shape
     V = layer.module.num_embeddings
     step = max(1, _CHUNK_ELEMENTS // max(1, o * V))
     total = torch.zeros(o, V, dtype=grot.dtype, device=grot.device)

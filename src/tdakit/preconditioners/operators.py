@@ -119,8 +119,9 @@ class CurvatureOperator:
         source = self.source if source is None else source
         total = -(-len(source) // self.batch_size)
         it = source.batches(self.task, self.batch_size)
-        yield from tqdm(it, total=total, desc=f"{self.kind} products",
-                        disable=not self.progress, leave=False)  # fmt: skip
+        yield from tqdm(
+            it, total=total, desc=f"{self.kind} products", disable=not self.progress, leave=False
+        )
 
     def _batch_rows(self, rows: torch.Tensor, b: Batch) -> torch.Tensor:
         """Sum over the batch of the curvature times each row of ``rows`` ``[r, P]``."""

@@ -61,10 +61,16 @@ def build_demo_report(result: DemoResult, top_k: int) -> Report:
         )
         rows.append([r.name, r.description, *secs, same, r.status])
     report.add_table(
-        ["method", "what it computes", "fit (s)", "scores (s)",
-         f"top-{top_k} proponents with the query's label (%)", "status"],
+        [
+            "method",
+            "what it computes",
+            "fit (s)",
+            "scores (s)",
+            f"top-{top_k} proponents with the query's label (%)",
+            "status",
+        ],
         rows,
-    )  # fmt: skip
+    )
     scores = {r.name: r.scores for r in done}
     if len(scores) >= 2:
         report.add_agreement(scores)

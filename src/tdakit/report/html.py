@@ -18,10 +18,10 @@ import torch
 from matplotlib.figure import Figure
 
 from tdakit.errors import require
-from tdakit.storage.fileio import atomic_write
 from tdakit.report.agreement import agreement_matrix
 from tdakit.report.explain import Ranking, explanation_html
 from tdakit.report.plots import data_uri, figure_png, heatmap_figure
+from tdakit.storage.fileio import atomic_write
 
 __all__ = ["Report", "escape", "format_value"]
 
@@ -191,10 +191,16 @@ class Report:
         self.add_section(title)
         return self.add_html(
             explanation_html(
-                queries, train, rankings, predictions=predictions, classes=classes,
-                image_shape=image_shape, k=k, query_names=query_names,
+                queries,
+                train,
+                rankings,
+                predictions=predictions,
+                classes=classes,
+                image_shape=image_shape,
+                k=k,
+                query_names=query_names,
             )
-        )  # fmt: skip
+        )
 
     def add_agreement(
         self, scores: Mapping[str, torch.Tensor], title: str = "Method agreement"
@@ -218,9 +224,7 @@ class Report:
     # --- output ----------------------------------------------------------------------------
     def render(self) -> str:
         """The complete HTML document."""
-        toc = "".join(
-            f'<a href="#{a}">{escape(t)}</a>' for a, t, _ in self._sections if t
-        )  # fmt: skip
+        toc = "".join(f'<a href="#{a}">{escape(t)}</a>' for a, t, _ in self._sections if t)
         parts = [
             "<!DOCTYPE html>",
             '<html lang="en"><head><meta charset="utf-8">',

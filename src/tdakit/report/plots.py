@@ -129,8 +129,15 @@ def heatmap_figure(
         for j in range(n):
             if math.isfinite(m[i, j]):
                 dark = abs(m[i, j]) > 0.6 * max(abs(vmin), abs(vmax))
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if dark else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    f"{m[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     fig.colorbar(im, ax=ax, shrink=0.8)
     if title:
         ax.set_title(title, fontsize=9)

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tdakit.errors import StoreError, TdakitError
+from tdakit.errors import TdakitError
 
 _STALE_SECONDS = 24 * 3600  # temp files of other hosts older than this are removed
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]

@@ -107,19 +107,14 @@ class TrainingRecipe:
                 callable(self.model),
                 "model must be a reference model name or a callable factory(init_seed).",
             )
-            try:
-                pickle.dumps(self.model)
-            except Exception as err:
-                raise TdakitError(
-                    f"The model factory {self.model!r} cannot be pickled ({err}), so it cannot "
-                    "be sent to worker processes; use a module-level function or "
-                    "functools.partial instead of a lambda or closure."
-                ) from err
+            _check_picklable(self.model, "model factory")
         require(
             self.loss in LOSSES or callable(self.loss),
             f"Unknown loss {self.loss!r}; use one of {tuple(LOSSES)} or a picklable callable "
             "loss(outputs, targets) -> [batch].",
         )
+        if callable(self.loss):
+            _check_picklable(self.loss, "loss function")
         require(
             self.optimizer in OPTIMIZERS,
             f"Unknown optimizer {self.optimizer!r}; use one of {OPTIMIZERS}.",
@@ -286,6 +281,17 @@ class TrainingRecipe:
         )
 
 
+def _check_picklable(fn: Any, what: str) -> None:
+    try:
+        pickle.dumps(fn)
+    except Exception as err:
+        raise TdakitError(
+            f"The {what} {fn!r} cannot be pickled ({err}), so it cannot be sent to worker "
+            "processes; use a module-level function or functools.partial instead of a lambda "
+            "or closure."
+        ) from err
+
+
 def _output_width(y: torch.Tensor, loss: Any) -> int:
     if loss == "cross_entropy" or (callable(loss) and not y.is_floating_point()):
         require(
@@ -367,8 +373,11 @@ class FunctionRecipe:
         return model.eval()
 
     def config(self) -> dict[str, Any]:
-        loss = self.loss if self.loss is None or isinstance(self.loss, str) else describe_callable(
-            self.loss)  # fmt: skip
+        loss = (
+            self.loss
+            if self.loss is None or isinstance(self.loss, str)
+            else describe_callable(self.loss)
+        )
         return {"function": describe_callable(self.fn), "loss": loss}
 
     def __repr__(self) -> str:

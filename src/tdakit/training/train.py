@@ -11,9 +11,9 @@ from torch import Tensor, nn
 
 from tdakit.errors import TdakitError, require
 from tdakit.losses import LOSSES
+from tdakit.task import eval_mode
 from tdakit.training.loop import train_loop
 from tdakit.training.recipe import TrainingRecipe
-from tdakit.task import eval_mode
 
 __all__ = ["LOSSES", "OPTIMIZERS", "TrainResult", "train_model"]
 
@@ -45,8 +45,10 @@ def _as_tensor(value: object, name: str) -> Tensor:
 def _check_number(value: object, name: str, low: float, *, integer: bool = False) -> None:
     kinds = (int,) if integer else (int, float)
     ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value)
-    require(ok and value >= low, f"{name} must be a finite {'integer' if integer else 'number'} "
-            f">= {low}, got {value!r}.")  # fmt: skip
+    require(
+        ok and value >= low,
+        f"{name} must be a finite {'integer' if integer else 'number'} >= {low}, got {value!r}.",
+    )
 
 
 def _check_logits(out: Tensor, max_label: int) -> None:

@@ -39,8 +39,16 @@ class FaissIndex(VectorIndex):
 
     backend = "faiss"
 
-    def __init__(self, dim: int, kind: str = "flat", *, m: int = 32, ef_search: int = 128,
-                 ef_construction: int = 200, meta: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dim: int,
+        kind: str = "flat",
+        *,
+        m: int = 32,
+        ef_search: int = 128,
+        ef_construction: int = 200,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(dim, meta)
         require(kind in KINDS, f"Unknown FAISS index kind {kind!r}; use one of {KINDS}.")
         faiss = import_faiss()
@@ -91,8 +99,9 @@ class FaissIndex(VectorIndex):
             blob = (d / "index.faiss").read_bytes()
         except (OSError, ValueError) as err:
             raise StoreError(f"No complete FAISS index at {d} ({err}); build it first.") from err
-        require(info.get("format") == "tdakit.faiss", f"{d} is not a tdakit FAISS index.",
-                StoreError)  # fmt: skip
+        require(
+            info.get("format") == "tdakit.faiss", f"{d} is not a tdakit FAISS index.", StoreError
+        )
         meta = info["meta"]
         if expected is not None:
             check_meta(meta, {**expected, "kind": meta["kind"], "dim": meta["dim"]}, str(d))
@@ -101,7 +110,9 @@ class FaissIndex(VectorIndex):
         try:
             index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
         except RuntimeError as err:
-            raise StoreError(f"The FAISS index file in {d} is corrupt ({err}); rebuild it.") from err
+            raise StoreError(
+                f"The FAISS index file in {d} is corrupt ({err}); rebuild it."
+            ) from err
         out = cls.__new__(cls)
         VectorIndex.__init__(out, int(meta["dim"]), meta)
         out.kind, out.exact, out.index = meta["kind"], meta["kind"] == "flat", index

@@ -25,7 +25,7 @@ def import_milvus():
         import pymilvus
     except ImportError as err:
         raise ConfigError(
-            'The Milvus index needs pymilvus (and milvus-lite for a local file): pip install '
+            "The Milvus index needs pymilvus (and milvus-lite for a local file): pip install "
             '"tdakit[index]", or use backend="faiss".'
         ) from err
     return pymilvus
@@ -45,13 +45,23 @@ class MilvusIndex(VectorIndex):
 
     backend = "milvus"
 
-    def __init__(self, uri: str, collection: str, dim: int, *, index_type: str = "FLAT",
-                 meta: dict[str, Any] | None = None, token: str | None = None,
-                 rebuild: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        uri: str,
+        collection: str,
+        dim: int,
+        *,
+        index_type: str = "FLAT",
+        meta: dict[str, Any] | None = None,
+        token: str | None = None,
+        rebuild: bool = False,
+    ) -> None:
         super().__init__(dim, meta)
         require(index_type in INDEX_TYPES, f"index_type must be one of {INDEX_TYPES}.")
-        require(collection.replace("_", "").isalnum() and collection[:1].isalpha(),
-                f"Milvus collection names use letters, digits and _, got {collection!r}.")  # fmt: skip
+        require(
+            collection.replace("_", "").isalnum() and collection[:1].isalpha(),
+            f"Milvus collection names use letters, digits and _, got {collection!r}.",
+        )
         self.uri, self.collection, self.index_type = str(uri), collection, index_type
         self.exact = index_type == "FLAT"
         self.meta.update({"index_type": index_type, "dim": dim})
@@ -85,8 +95,10 @@ class MilvusIndex(VectorIndex):
         ids, v = self._check_add(ids, vectors)
         rows = v.tolist()
         for a in range(0, len(ids), _BATCH):
-            batch = [{"id": int(i), "vector": r} for i, r in
-                     zip(ids[a : a + _BATCH].tolist(), rows[a : a + _BATCH], strict=True)]  # fmt: skip
+            batch = [
+                {"id": int(i), "vector": r}
+                for i, r in zip(ids[a : a + _BATCH].tolist(), rows[a : a + _BATCH], strict=True)
+            ]
             self.client.insert(self.collection, batch)
         self._count += len(ids)
 
@@ -111,17 +123,26 @@ class MilvusIndex(VectorIndex):
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         q = self._check_search(queries, k)
-        hits = self.client.search(self.collection, data=q.tolist(), limit=k,
-                                  search_params={"metric_type": "IP"}, output_fields=[])  # fmt: skip
+        hits = self.client.search(
+            self.collection,
+            data=q.tolist(),
+            limit=k,
+            search_params={"metric_type": "IP"},
+            output_fields=[],
+        )
         ids = torch.tensor([[h["id"] for h in row] for row in hits], dtype=torch.long)
         scores = torch.tensor([[h["distance"] for h in row] for row in hits], dtype=torch.float32)
-        require(ids.shape == (len(q), k), "Milvus returned fewer hits than requested.",
-                StoreError)  # fmt: skip
+        require(ids.shape == (len(q), k), "Milvus returned fewer hits than requested.", StoreError)
         return ids, scores
 
     @classmethod
-    def open(cls, uri: str, collection: str, expected: dict[str, Any] | None = None,
-             token: str | None = None) -> MilvusIndex:  # fmt: skip
+    def open(
+        cls,
+        uri: str,
+        collection: str,
+        expected: dict[str, Any] | None = None,
+        token: str | None = None,
+    ) -> MilvusIndex:
         """Reopen a committed index; with ``expected`` meta, refuse one built for other data."""
         client = _client(str(uri), token)
         meta_name = f"{collection}_meta"
@@ -136,8 +157,11 @@ class MilvusIndex(VectorIndex):
         meta = json.loads(rows[0]["meta"])
         count = meta.pop("count")
         if expected is not None:
-            check_meta(meta, {**expected, "index_type": meta["index_type"], "dim": meta["dim"]},
-                       f"{uri}:{collection}")  # fmt: skip
+            check_meta(
+                meta,
+                {**expected, "index_type": meta["index_type"], "dim": meta["dim"]},
+                f"{uri}:{collection}",
+            )
         client.load_collection(collection)
         out = cls.__new__(cls)
         VectorIndex.__init__(out, int(meta["dim"]), meta)
