@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tdakit import Task
-from tdakit.curvature.iterative import power_iteration
-from tdakit.curvature.operators import CurvatureOperator
 from tdakit.data import load_digits, load_fashion_mnist
+from tdakit.data.sources import as_source
 from tdakit.models import MLP
-from tdakit.train import train_model
+from tdakit.preconditioners.iterative import power_iteration
+from tdakit.preconditioners.operators import CurvatureOperator
+from tdakit.training import train_model
 
 # name -> how to build it. hidden: MLP widths; lam: the influence damping (tdakit convention:
 # absolute, added to the curvature of the MEAN training loss).
@@ -92,7 +93,7 @@ def prepare_case(name: str, workdir: Path) -> Path:
     with torch.no_grad():
         acc = float((model(Xq).argmax(1) == yq).float().mean())
     # LiSSA's scale, shared by tdakit and dattri: 1.5 x (top Hessian eigenvalue + λ).
-    op = CurvatureOperator(Task(model), X, y, "hessian", batch_size=1000)
+    op = CurvatureOperator(Task(model), as_source((X, y), "train"), "hessian", batch_size=1000)
     lissa_scale = 1.5 * (abs(power_iteration(op, iters=50, seed=0)) + spec["lam"])
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt = workdir / f"{name}-model.pt"

@@ -1,7 +1,10 @@
 """What is compared: per method, tdakit's configuration and each peer's, matched.
 
-Values ``"@lissa_scale"`` and ``"@trak_damping"`` are filled in at run time (the LiSSA
-scale computed once per case; the damping tdakit's TRAK chose, passed to the peers).
+tdakit's side is a registry configuration (what ``method.to_config()`` gives and
+``tda.methods.from_config`` takes; solver options live in the solver's own dict), plus
+``params`` for the task. Values ``"@lissa_scale"`` and ``"@trak_damping"`` (also inside
+nested dicts) are filled in at run time (the LiSSA scale computed once per case; the
+damping tdakit's TRAK chose, passed to the peers).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class Peer:
 class Group:
     key: str
     title: str
-    tdakit: dict
+    tdakit: dict  # {"method": registry name, **options} (+ "params" for the Task)
     peers: list[Peer]
     cases: tuple[str, ...] = ("digits", "fmnist")
     tdakit_case_kw: dict = field(default_factory=dict)
@@ -38,19 +41,19 @@ GROUPS = [
     Group(
         "graddot",
         "Grad-Dot / TracIn (final checkpoint, all parameters)",
-        {"method": "graddot", **BATCH},
+        {"method": "grad_dot", **BATCH},
         [Peer("captum", "tracincp", label="captum TracInCP")],
     ),
     Group(
         "graddot_proj",
         "Grad-Dot, gradients projected to 512 dims (Gaussian)",
-        {"method": "graddot", "projection": 512, "projection_kind": "gaussian", **BATCH},
+        {"method": "grad_dot", "projection": {"dim": 512, "kind": "gaussian", "seed": 0}, **BATCH},
         [Peer("dattri", "tracin", label="dattri TracInAttributor", same_math=False)],
     ),
     Group(
         "graddot_w",
         "Grad-Dot, last-layer weight only (TracInCPFast)",
-        {"method": "graddot", "params": ["head.weight"], **BATCH},
+        {"method": "grad_dot", "params": ["head.weight"], **BATCH},
         [Peer("captum", "tracincp_fast", label="captum TracInCPFast")],
     ),
     Group(
@@ -84,7 +87,7 @@ GROUPS = [
     Group(
         "cg",
         "Influence, conjugate gradient (Hessian, <= 50 iterations)",
-        {**HESSIAN, "solver": "cg", "max_iter": 50, "tol": 1e-6},
+        {**HESSIAN, "solver": {"name": "cg", "max_iter": 50, "tol": 1e-6}},
         [
             Peer(
                 "dattri",
@@ -99,10 +102,7 @@ GROUPS = [
         "Influence, LiSSA (Hessian, depth 200, minibatch 256, same scale)",
         {
             **HESSIAN,
-            "solver": "lissa",
-            "depth": 200,
-            "lissa_batch_size": 256,
-            "scale": "@lissa_scale",
+            "solver": {"name": "lissa", "depth": 200, "batch_size": 256, "scale": "@lissa_scale"},
         },
         [
             Peer(
@@ -122,7 +122,7 @@ GROUPS = [
     Group(
         "arnoldi",
         "Influence, Arnoldi (Hessian, top 50 of a 200-dim Krylov space)",
-        {**HESSIAN, "solver": "arnoldi", "rank": 50, "krylov_dim": 200},
+        {**HESSIAN, "solver": {"name": "arnoldi", "rank": 50, "krylov_dim": 200}},
         [
             Peer(
                 "dattri", "arnoldi", {"proj_dim": 50, "max_iter": 201}, "dattri IFAttributorArnoldi"

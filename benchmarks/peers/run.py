@@ -99,10 +99,14 @@ class Runner:
 
 
 def resolve(kw: dict, values: dict) -> dict:
-    return {
-        k: values.get(v, v) if isinstance(v, str) and v.startswith("@") else v
-        for k, v in kw.items()
-    }
+    """Fill in ``"@name"`` values, also inside nested dicts (solver configurations)."""
+
+    def one(v):
+        if isinstance(v, dict):
+            return resolve(v, values)
+        return values.get(v, v) if isinstance(v, str) and v.startswith("@") else v
+
+    return {k: one(v) for k, v in kw.items()}
 
 
 def _tdakit_kw(group: Group, case: str) -> tuple[str, dict]:

@@ -1,5 +1,8 @@
 """tdakit side of the comparison: one entry per method, all in tdakit's own convention
-(scores ``[n_query, n_train]``, positive = helped, influence scores carry 1/N)."""
+(scores ``[n_query, n_train]``, positive = helped, influence scores carry 1/N).
+
+Methods are built from their registry configuration (``tda.methods.from_config``), the
+same dicts ``method.to_config()`` produces; ``configs.GROUPS`` holds them."""
 
 from __future__ import annotations
 
@@ -7,35 +10,33 @@ import torch
 from common import Case  # type: ignore[import-not-found]
 
 import tdakit as tda
-from tdakit.curvature.operators import MatrixProjector
+from tdakit.preconditioners.operators import MatrixProjector
 
 
-def _task(case: Case, params: str = "all") -> tda.Task:
+def _task(case: Case, params: str | list[str] = "all") -> tda.Task:
     return tda.Task(case.model, params=params)
 
 
-def run(case: Case, method: str, params: str = "all", **kw) -> tuple[torch.Tensor, dict]:
-    """Fit ``method`` on the case's training set and score its queries."""
+def run(
+    case: Case, method: str, params: str | list[str] = "all", **kw
+) -> tuple[torch.Tensor, dict]:
+    """Fit the registry method ``method`` (options ``kw``) on the case's training set and
+    score its queries."""
     task = _task(case, params)
     train, queries = (case.X, case.y), (case.Xq, case.yq)
     info: dict = {}
-    if method == "graddot":
-        est = tda.GradDot(task, **kw)
-    elif method == "influence":
+    runtime: dict = {}
+    if method == "influence":
         kw.setdefault("damping", case.lam)
-        est = tda.InfluenceFunction(task, **kw)
     elif method == "trak":
         k = kw.pop("traker_projection", None)
         if k is not None:  # traker's own projection matrix (same seed and generator)
             kw["projection"] = MatrixProjector(_traker_matrix(case.num_params, k))
-        est = tda.TRAK(task, checkpoints=[case.model], **kw)
-    elif method == "representer":
-        est = tda.RepresenterPoints(task, **kw)
-    else:
-        raise ValueError(f"unknown tdakit method {method!r}")
+        runtime["checkpoints"] = [case.model]
+    est = tda.methods.from_config({"method": method, **kw}, task, **runtime)
     scores = est.fit(train).scores(queries)
     if method == "trak":
-        info["damping"] = est.dampings[0]
+        info["damping"] = est.dampings_[0]
     return scores, info
 
 

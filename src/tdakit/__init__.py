@@ -5,7 +5,7 @@
 >>> S = tda.GradDot(task).fit((X_train, y_train)).scores((X_query, y_query))
 """
 
-from tdakit import data, execution, groundtruth, methods, metrics, training
+from tdakit import data, execution, groundtruth, methods, metrics, reliability, training
 from tdakit import preconditioners as solvers
 from tdakit.errors import (
     ConfigError,
@@ -69,6 +69,7 @@ __all__ = [
     "groundtruth",
     "methods",
     "metrics",
+    "reliability",
     "solvers",
     "train_model",
     "training",

@@ -16,10 +16,10 @@ from torch import nn
 from tdakit.data.sources import DataLike, to_tensors
 from tdakit.errors import require
 from tdakit.execution import Executor, Job
-from tdakit.groundtruth.jobs import prepare, train_states
-from tdakit.training.recipe import TrainingRecipe
+from tdakit.groundtruth.jobs import continue_state, prepare, train_states
+from tdakit.training.recipe import TrainingRecipe, as_recipe
 
-__all__ = ["VARY", "Ensemble", "ensemble_seeds", "seed_ensemble"]
+__all__ = ["VARY", "Ensemble", "ensemble_seeds", "further_samples", "seed_ensemble"]
 
 VARY = ("both", "init", "batch")
 
@@ -63,19 +63,30 @@ def seed_ensemble(
     vary: str = "both",
     seed: int = 0,
     keep_last: int = 0,
+    pairs: list[tuple[int, int]] | None = None,
     executor: Executor | None = None,
 ) -> Ensemble:
     """Train ``n_models`` models varying the init seed, the batch seed or both.
 
     ``keep_last=K`` also keeps the last ``K`` checkpoints of every run (taken every
-    ``recipe.checkpoint_every`` epochs, every epoch when that is unset).
+    ``recipe.checkpoint_every`` epochs, every epoch when that is unset). ``pairs`` gives
+    the ``(init_seed, batch_seed)`` of every member explicitly instead (e.g. a full grid).
     """
     require(keep_last >= 0, f"keep_last must be >= 0, got {keep_last}.")
+    recipe = as_recipe(recipe)
+    require(
+        not keep_last or isinstance(recipe, TrainingRecipe),
+        "keep_last needs a TrainingRecipe (a training function returns only the final model).",
+    )
     executor = executor or Executor()
     data = prepare(train, None, None)
     if keep_last and recipe.checkpoint_every is None:
         recipe = recipe.replace(checkpoint_every=1)
-    seeds = ensemble_seeds(n_models, vary, seed)
+    seeds = (
+        ensemble_seeds(n_models, vary, seed)
+        if pairs is None
+        else [(int(i), int(b)) for i, b in pairs]
+    )
     jobs = [
         Job(
             train_states,
@@ -102,5 +113,49 @@ def seed_ensemble(
         seeds=seeds,
         checkpoints=[o["checkpoints"] for o in out],
         checkpoint_lrs=[o["checkpoint_lrs"] for o in out],
-        config={"n_models": n_models, "vary": vary, "seed": seed, "keep_last": keep_last},
+        config={
+            "n_models": len(seeds),
+            "vary": vary if pairs is None else "pairs",
+            "seed": seed,
+            "keep_last": keep_last,
+        },
     )
+
+
+def further_samples(
+    recipe: TrainingRecipe,
+    model: nn.Module | dict[str, torch.Tensor],
+    train: DataLike,
+    *,
+    seeds: list[int],
+    steps: int = 1,
+    unit: str = "epoch",
+    lr_scale: float = 0.1,
+    executor: Executor | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """States after ``steps`` epochs (or steps) of further training from the final
+    ``model``, one per batch-order seed, at ``lr_scale`` times the recipe's rate."""
+    require(unit in ("step", "epoch"), f"unit must be 'step' or 'epoch', got {unit!r}.")
+    require(recipe.optimizer != "lbfgs", "Further training takes first-order steps (sgd/adam).")
+    executor = executor or Executor()
+    data = prepare(train, None, None)
+    state = model.state_dict() if isinstance(model, nn.Module) else dict(model)
+    state = {k: v.detach().cpu() for k, v in state.items()}
+    further = recipe.replace(
+        lr=recipe.lr * lr_scale,
+        schedule="constant",
+        checkpoint_every=None,
+        steps=steps if unit == "step" else None,
+        epochs=steps if unit == "epoch" else recipe.epochs,
+    )
+    jobs = [
+        Job(
+            continue_state,
+            (further, state, data.X, data.y),
+            {"batch_seed": s, "device": data.device},
+            name=f"further seed {s}",
+            describe={"recipe": further, "state": state, "seed": s, **data.description},
+        )
+        for s in seeds
+    ]
+    return executor.run(jobs, desc="further-training samples")

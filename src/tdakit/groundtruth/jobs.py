@@ -186,10 +186,14 @@ def train_states(
 ) -> dict[str, Any]:
     """Train once; return the final state dict and the last ``keep_last`` checkpoints (CPU)."""
     X, y = _on(device, X, y)
-    run = recipe.run(X, y, init_seed=init_seed, batch_seed=batch_seed)
 
     def cpu(state: dict) -> dict:
         return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    if not hasattr(recipe, "run"):  # a user's training function: the final model only
+        model = recipe.train(X, y, init_seed=init_seed, batch_seed=batch_seed)
+        return {"state": cpu(model.state_dict()), "checkpoints": [], "checkpoint_lrs": []}
+    run = recipe.run(X, y, init_seed=init_seed, batch_seed=batch_seed)
 
     ckpts = run.checkpoints[-keep_last:] if keep_last else []
     lrs = run.checkpoint_lrs[-keep_last:] if keep_last else []
@@ -198,6 +202,21 @@ def train_states(
         "checkpoints": [cpu(c) for c in ckpts],
         "checkpoint_lrs": list(lrs),
     }
+
+
+def continue_state(
+    recipe: Any,
+    state: dict[str, torch.Tensor],
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_seed: int,
+    device: str,
+) -> dict[str, torch.Tensor]:
+    """Continue training from ``state`` on all data; return the new state (CPU)."""
+    X, y = _on(device, X, y)
+    run = recipe.run(X, y, batch_seed=batch_seed, init_state=state)
+    return {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
 
 
 def continue_and_measure(

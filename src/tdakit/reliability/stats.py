@@ -77,9 +77,13 @@ class Accumulator:
         dist = ScoreDistribution(self.mean, sd, self.n, p, q < alpha, test, alpha, correction)
         if self.keep_samples:
             dist.samples = torch.stack(self.samples)
-        if self._cells:
+        if self._cells and self._full_grid():
             dist.variance_split = self._split()
         return dist
+
+    def _full_grid(self) -> bool:
+        I, B = len(self._levels["init"]), len(self._levels["batch"])
+        return I > 1 and B > 1 and len(self._cells) == I * B == self.n
 
     def _split(self) -> dict[str, torch.Tensor]:
         """Sums of squares of a full ``I x B`` factorial design, one sample per cell:
