@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 import threading
 import time
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tdakit.errors import TdakitError
+from tdakit.errors import StoreError, TdakitError
 from tdakit.execution import Job, Shared, content_key, run_jobs
-from tdakit.execution.executor import _import_ray
+from tdakit.execution.backends import _import_ray
 from tdakit.groundtruth.jobs import Measure, train_and_measure
 from tdakit.training import TrainingRecipe
 
@@ -139,20 +140,74 @@ def test_interrupt_stops_the_queue_and_keeps_finished_results(tmp_path):
         run_jobs(jobs, backend="local", workers=1, cache_dir=tmp_path / "c", progress=False)
     ran = _runs(logs)
     assert 0 in ran and len(ran) < 6  # queued jobs were cancelled, not run to the end
-    cached = len(list((tmp_path / "c").rglob("*.pt")))
+    cached = len(list((tmp_path / "c").rglob("*.safetensors")))
     assert cached >= 1  # job 0 finished before the interrupt and stays cached
     with pytest.raises(KeyboardInterrupt):
         run_jobs(jobs, backend="serial", cache_dir=tmp_path / "c", progress=False)
-    assert len(list((tmp_path / "c").rglob("*.pt"))) == cached  # nothing lost
+    assert len(list((tmp_path / "c").rglob("*.safetensors"))) == cached  # nothing lost
 
 
-def test_corrupt_cache_entry_is_reported(tmp_path):
-    job = Job(fail_on, (1, 5))
-    run_jobs([job], backend="serial", cache_dir=tmp_path, progress=False)
-    path = next(tmp_path.rglob("*.pt"))
-    path.write_bytes(b"not a torch file")
-    with pytest.raises(TdakitError, match="delete that file"):
-        run_jobs([job], backend="serial", cache_dir=tmp_path, progress=False)
+class Planted:
+    """Unpickling this would create a file: the cache must never unpickle anything."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_corrupt_planted_and_foreign_cache_files_are_refused(tmp_path):
+    cache = tmp_path / "cache"
+    job, other = Job(fail_on, (1, 5)), Job(fail_on, (1, 6))
+    run_jobs([job, other], backend="serial", cache_dir=cache, progress=False)
+    path = next(p for p in cache.rglob("*.safetensors") if p.name.startswith(job.key))
+    other_path = next(p for p in cache.rglob("*.safetensors") if p.name.startswith(other.key))
+    good = path.read_bytes()
+    path.write_bytes(b"not a result file")
+    with pytest.raises(StoreError, match="unreadable.*delete"):
+        run_jobs([job], backend="serial", cache_dir=cache, progress=False)
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps({"key": job.key, "result": Planted(str(marker))}))
+    torch.save({"key": job.key, "result": Planted(str(marker))}, path)
+    with pytest.raises(StoreError, match="delete"):
+        run_jobs([job], backend="serial", cache_dir=cache, progress=False)
+    assert not marker.exists()  # nothing was unpickled
+    path.write_bytes(other_path.read_bytes())  # the right format, another job's result
+    with pytest.raises(StoreError, match="belongs to another job"):
+        run_jobs([job], backend="serial", cache_dir=cache, progress=False)
+    path.write_bytes(good)
+    assert run_jobs([job], backend="serial", cache_dir=cache, progress=False) == [fail_on(1, 5)]
+
+
+def test_unusable_cache_dir_fails_before_any_job_runs(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    calls = tmp_path / "calls"
+    job = Job(record_call, (str(calls),))
+    for bad in (blocker, blocker / "sub"):
+        with pytest.raises(StoreError, match="writable directory"):
+            run_jobs([job], backend="serial", cache_dir=bad, progress=False)
+    assert not calls.exists()  # the job never ran
+
+
+def test_stale_temp_files_of_dead_writers_are_cleaned(tmp_path):
+    from tdakit.storage.fileio import _HOST
+
+    cache = tmp_path / "cache"
+    (cache / "ab").mkdir(parents=True)
+    dead = cache / "ab" / f".tmp.{_HOST}.999999.deadbeef.x.safetensors"
+    dead.write_bytes(b"half written")
+    run_jobs([Job(fail_on, (1, 2))], backend="serial", cache_dir=cache, progress=False)
+    assert not dead.exists()
+
+
+def test_serial_and_local_backends_give_bit_identical_results(tmp_path):
+    jobs = [Job(train_tiny, (seed,)) for seed in range(2)]
+    serial = run_jobs(jobs, backend="serial", progress=False)
+    local = run_jobs(jobs, backend="local", workers=2, progress=False)
+    for a, b in zip(serial, local, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_bad_arguments():
@@ -194,3 +249,23 @@ def test_ray_backend_gives_identical_results():
     assert not ray.is_initialized()  # the executor shut down the Ray it started
     for a, b in zip(serial, remote, strict=True):
         assert torch.equal(a, b)
+
+
+def record_call(path: str) -> int:
+    with open(path, "a") as f:
+        f.write("x")
+    return 1
+
+
+def train_tiny(seed: int) -> torch.Tensor:
+    """A training run whose numerics depend on the thread count without one_thread()."""
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(256, 64, generator=g)
+    w = torch.zeros(64, 8, requires_grad=True)
+    y = torch.randint(0, 8, (256,), generator=g)
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(X @ w, y)
+        (g_w,) = torch.autograd.grad(loss, [w])
+        with torch.no_grad():
+            w -= 0.5 * g_w
+    return w.detach()

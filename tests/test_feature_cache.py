@@ -86,3 +86,57 @@ def test_interrupted_featurisation_resumes_to_identical_arrays(tmp_path, monkeyp
     assert torch.equal(resumed, uninterrupted)  # bit-identical to a run that never crashed
     fresh = tda.GradDot(task).fit((X, y)).features_.T
     assert torch.allclose(resumed, fresh, rtol=1e-12)  # same up to batch-size rounding
+
+
+def _ce(o, t):
+    return torch.nn.functional.cross_entropy(o, t, reduction="none")
+
+
+def test_cache_keys_cover_loss_code_and_the_forward(tmp_path):
+    """Two lambda losses, or the same parameters under another forward (ReLU -> Tanh),
+    never share a cache entry."""
+    from torch import nn
+
+    X, y = tiny_data()
+    base = tiny_mlp()
+    tanh = nn.Sequential(base[0], nn.ReLU(), base[2])  # same parameter tensors
+    losses = [lambda o, t: _ce(o, t), lambda o, t: 2 * _ce(o, t)]
+    runs = {}
+    for name, model, loss in (
+        ("a", base, losses[0]),
+        ("b", base, losses[1]),
+        ("c", tanh, losses[0]),
+    ):
+        method = tda.GradDot(tda.Task(model, loss=loss), cache_dir=tmp_path)
+        runs[name] = method.fit((X, y)).scores((X[:3], y[:3]))
+    stores = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert len(stores) == 3
+    assert not torch.allclose(runs["a"], runs["b"]) and not torch.allclose(runs["a"], runs["c"])
+
+
+def test_models_with_zero_dim_tensors_fingerprint_and_cache(tmp_path):
+    """BatchNorm's num_batches_tracked and scalar parameters are 0-dim tensors."""
+    from torch import nn
+
+    from tdakit.models import build_model
+
+    X = torch.randn(12, 3, 8, 8)
+    y = torch.randint(0, 4, (12,))
+    model = build_model("resnet9", (3, 8, 8), 4, seed=0, width=4).eval()
+    task = tda.Task(model)
+    assert len(task.fingerprint()) == 16 and len(task.code_key()) == 16
+    tracin = tda.TracIn(task, [model.state_dict()], 0.1, cache_dir=tmp_path)
+    first = tracin.fit((X, y)).scores((X[:2], y[:2]))
+    again = tda.TracIn(task, [model.state_dict()], 0.1, cache_dir=tmp_path).fit((X, y))
+    assert torch.equal(first, again.scores((X[:2], y[:2])))
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+            self.temperature = nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x):
+            return self.lin(x) / self.temperature
+
+    assert len(tda.Task(Scaled()).fingerprint()) == 16

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tdakit.errors import TdakitError
+from tdakit.errors import StoreError, TdakitError
 from tdakit.storage import fileio
 from tdakit.storage.store import FeatureStore, cache_key
 
@@ -216,8 +216,10 @@ def test_verify_detects_corruption(tmp_path: Path) -> None:
     with pytest.raises(TdakitError, match=r"chunk_000001\.npy") as info:
         store.verify()  # ... the checksum can
     assert "drop_chunk" in str(info.value) and "clear()" in str(info.value)
-    with pytest.raises(TdakitError, match="sha256 mismatch"):
-        store.read(4, 6, check=True)
+    with pytest.raises(StoreError, match="sha256 does not match"):
+        store.read(4, 6)  # every read is checked, not only on request
+    with pytest.raises(StoreError, match="sha256 does not match"):
+        FeatureStore.load(tmp_path / "s").read(4, 6)
     store.drop_chunk(1)
     store.fill(features)
     np.testing.assert_array_equal(store.verify().read(), REFERENCE)
@@ -285,3 +287,48 @@ def test_cache_key() -> None:
     assert cache_key(x=(1, 2)) == cache_key(x=[1, 2])
     with pytest.raises(TdakitError, match="JSON-serialisable"):
         cache_key(x=float("nan"))
+
+
+def test_swapped_chunks_nan_chunks_and_read_only_stores(tmp_path: Path) -> None:
+    import json
+
+    store = make(tmp_path / "s").fill(features)
+    d = tmp_path / "s"
+    a, b = (d / "chunk_000000.npy").read_bytes(), (d / "chunk_000001.npy").read_bytes()
+    (d / "chunk_000000.npy").write_bytes(b)  # two chunk files swapped (same size)
+    (d / "chunk_000001.npy").write_bytes(a)
+    assert store.is_complete()
+    with pytest.raises(StoreError, match="moved from another position"):
+        FeatureStore.load(d).read()
+    (d / "chunk_000000.npy").write_bytes(a)
+    (d / "chunk_000001.npy").write_bytes(b)
+    np.testing.assert_array_equal(FeatureStore.load(d).read(), REFERENCE)
+    # a chunk with NaN whose record was rewritten to match is still refused
+    nan = features(0, CHUNK).astype(np.float32)
+    nan[0, 0] = np.nan
+    np.save(d / "chunk_000000.npy", nan)
+    rec = json.loads((d / "chunk_000000.json").read_text())
+    from tdakit.storage.fileio import file_sha256
+
+    rec.update(
+        sha256=file_sha256(d / "chunk_000000.npy"), nbytes=(d / "chunk_000000.npy").stat().st_size
+    )
+    (d / "chunk_000000.json").write_text(json.dumps(rec))
+    with pytest.raises(StoreError, match="NaN or inf"):
+        FeatureStore.load(d).read()
+    store.drop_chunk(0)
+    store.fill(features)
+    # a complete store in a read-only directory opens and reads: nothing is written
+    # (root ignores permissions, so any attempt to write is made to fail instead)
+    import tdakit.storage.store as store_module
+
+    def no_writes(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    original = store_module.atomic_write
+    store_module.atomic_write = no_writes
+    try:
+        again = FeatureStore.open(d, N, DIM, chunk_rows=CHUNK, meta=store.meta)
+        np.testing.assert_array_equal(again.read(), REFERENCE)
+    finally:
+        store_module.atomic_write = original

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 import tdakit
 from tdakit.data import DataSplit
-from tdakit.errors import TdakitError, require
+from tdakit.errors import ConfigError, StoreError, require
 from tdakit.methods.base import AttributionMethod
 from tdakit.storage.fileio import atomic_write
 from tdakit.task import Task
@@ -70,7 +70,7 @@ class MethodEntry:
         method = self.config.get("method")
         if method not in tdakit.methods.METHODS:
             if not self.optional:
-                raise TdakitError(f"Method {method!r} is not registered; the install is broken.")
+                raise ConfigError(f"Method {method!r} is not registered; the install is broken.")
             return None, f"method {method!r} is not available in this installation"
         return tdakit.methods.METHODS[method], ""
 
@@ -327,7 +327,7 @@ def prepare_output_dir(out: Path) -> bool:
     except OSError as err:
         if created:
             shutil.rmtree(out, ignore_errors=True)
-        raise TdakitError(
+        raise StoreError(
             f"Cannot write to the output directory {str(out)!r} ({err.strerror or err}); "
             "choose a writable directory with --out."
         ) from err

@@ -11,20 +11,36 @@ import inspect
 from typing import Any
 
 
-def code_digest(fn: object) -> str:
-    """A short sha256 of a callable's source (or bytecode), its qualified name and, for
-    callable objects, their attributes' reprs."""
+def code_digest(fn: object, _depth: int = 0) -> str:
+    """A short sha256 of what a callable computes: its qualified name, source, bytecode and
+    constants, default arguments and closure values (two lambdas on one line, or one
+    closure over different values, differ), and for callable objects their attributes."""
     target = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else type(fn)
     try:
         source = inspect.getsource(target)
     except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        source = "" if code is None else code.co_code.hex() + repr(code.co_consts)
-    state = (
-        "" if inspect.isfunction(fn) or inspect.isclass(fn) else repr(getattr(fn, "__dict__", ""))
-    )
-    text = f"{qualified_name(fn)}|{source}|{state}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+        source = ""
+    func = getattr(fn, "__func__", fn)
+    code = getattr(func, "__code__", None)
+    parts = [qualified_name(fn), source]
+    if code is not None:
+        parts += [code.co_code.hex(), repr(code.co_consts), repr(code.co_names)]
+        parts.append(repr(getattr(func, "__defaults__", None)))
+        cells = getattr(func, "__closure__", None) or ()
+        parts.append(repr([_cell(c, _depth) for c in cells]))
+    if not (inspect.isfunction(fn) or inspect.isclass(fn)):
+        parts.append(repr(getattr(fn, "__dict__", "")))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def _cell(cell: object, depth: int) -> str:
+    try:
+        value = cell.cell_contents  # type: ignore[attr-defined]
+    except ValueError:
+        return "<empty>"
+    if callable(value):  # bounded: a closure may refer to itself
+        return code_digest(value, depth + 1) if depth < 3 else qualified_name(value)
+    return repr(value)
 
 
 def qualified_name(fn: object) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tdakit.errors import TdakitError, require
+from tdakit.errors import ConfigError, StoreError, require
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -107,7 +107,7 @@ def _stratified_split(
     try:
         return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
     except ValueError as exc:  # too few examples per class for the requested split
-        raise TdakitError(
+        raise ConfigError(
             f"Cannot make a stratified split with test_size={test_size} of {len(y)} examples "
             f"({exc}). Choose a test_size that leaves at least one example of every class "
             "on both sides."
@@ -342,7 +342,7 @@ def load_fashion_mnist(
     found = {k: _find_idx(directory, s) for k, s in stems.items()}
     missing = [stems[k] for k, p in found.items() if p is None]
     if missing:
-        raise TdakitError(
+        raise StoreError(
             f"Fashion-MNIST files not found in {str(directory)!r} (from {source}): missing "
             f"{', '.join(f'{m}[.gz]' for m in missing)}. Install them with "
             "`apt-get install dataset-fashion-mnist` (files go to "

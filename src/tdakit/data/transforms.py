@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from tdakit.errors import TdakitError, require
+from tdakit.errors import ConfigError, require
 
 __all__ = [
     "add_trigger",
@@ -113,7 +113,7 @@ def apply_trigger(
     elif location == "center":
         r, c = (H - patch_size) // 2, (W - patch_size) // 2
     else:
-        raise TdakitError(f"Unknown location {location!r}; use one of {LOCATIONS}.")
+        raise ConfigError(f"Unknown location {location!r}; use one of {LOCATIONS}.")
     out = X.detach().clone()
     out[..., r : r + patch_size, c : c + patch_size] = value
     return out

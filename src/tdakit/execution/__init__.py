@@ -1,16 +1,8 @@
 """One executor for every independent job (retraining, featurisation shards): serial, local
-processes or Ray, with a content-keyed result cache that resumes after an interruption."""
+processes or Ray, with a safe, content-keyed result cache that resumes after an interruption."""
 
-from tdakit.execution.executor import (
-    BACKENDS,
-    Executor,
-    Job,
-    JobFailure,
-    Shared,
-    content_key,
-    describe,
-    run_jobs,
-)
+from tdakit.execution.executor import BACKENDS, Executor, run_jobs
+from tdakit.execution.job import Job, JobFailure, Shared, content_key, describe
 
 __all__ = [
     "BACKENDS",

@@ -129,6 +129,7 @@ class FeatureMethod(AttributionMethod):
         return {
             "model": task.fingerprint(),
             "code": task.code_key(),
+            "torch": torch.__version__,
             "params": list(task.param_names),
             "data": source.fingerprint(),
             "config": self.feature_config(),

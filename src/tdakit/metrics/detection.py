@@ -64,6 +64,16 @@ def mislabel_detection(
         0 < P < n,
         f"flipped must mark at least one but not all training examples (got {P} of {n}).",
     )
+    bad = [
+        f
+        for f in fractions
+        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 0 <= f <= 1)
+    ]
+    require(
+        not bad,
+        f"fractions are shares of the training set to inspect and must lie in [0, 1]; got "
+        f"{bad}. Use e.g. fractions=(0.05, 0.1, 0.2).",
+    )
 
     values, codes = torch.unique(s, return_inverse=True)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from tdakit.errors import TdakitError, require
+from tdakit.errors import ConfigError, require
 
 __all__ = ["MLP", "MODELS", "LeNet", "LinearModel", "ResNet9", "build_model"]
 
@@ -247,7 +247,7 @@ def build_model(
     """
     key = name.lower() if isinstance(name, str) else name
     if key not in MODELS:
-        raise TdakitError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
+        raise ConfigError(f"Unknown model {name!r}; choose one of {', '.join(MODELS)}.")
     shape = tuple(in_shape)
     require(
         len(shape) >= 1 and all(isinstance(s, int) and s >= 1 for s in shape),
@@ -265,6 +265,6 @@ def build_model(
         try:
             return MODELS[key](shape, num_classes, **kw)
         except TypeError as exc:
-            raise TdakitError(
+            raise ConfigError(
                 f"Bad options for model {key!r}: {exc}. Valid extra options: {_OPTIONS[key]}."
             ) from exc

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tdakit.errors import TdakitError
+from tdakit.errors import ConfigError
 
 _STALE_SECONDS = 24 * 3600  # temp files of other hosts older than this are removed
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -54,7 +54,7 @@ def cache_key(**parts: Any) -> str:
     try:
         text = canonical_json(parts)
     except (TypeError, ValueError) as exc:
-        raise TdakitError(
+        raise ConfigError(
             f"cache_key parts must be JSON-serialisable (str, numbers, lists, dicts; no NaN): "
             f"{exc}; convert the offending value to a string or number first"
         ) from exc

@@ -93,6 +93,7 @@ class FeatureStore:
         self.meta: dict[str, Any] = manifest["meta"]
         self.key = hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
         self._cleared = False
+        self._verified: dict[int, tuple[int, int, int]] = {}
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -134,13 +135,17 @@ class FeatureStore:
             "meta": meta,
         }
         directory = Path(path)
+        exists = (directory / _MANIFEST).is_file()  # a complete store may be read-only
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            if not exists:
+                directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create feature store directory {directory}: {exc}") from exc
         remove_stale_temps(directory)
         data = json.dumps(manifest, sort_keys=True, indent=1).encode()
-        if not atomic_write(directory / _MANIFEST, lambda f: f.write(data), exclusive=True):
+        if exists or not atomic_write(
+            directory / _MANIFEST, lambda f: f.write(data), exclusive=True
+        ):
             old = cls._read_manifest(directory)
             diffs = [d for k in (*_HEADER_KEYS, "meta") for d in _diff(old[k], manifest[k], k)]
             require(
@@ -377,10 +382,22 @@ class FeatureStore:
 
     # ----------------------------------------------------------------- reading
     def _load_chunk(self, j: int, check: bool) -> np.ndarray:
+        """Chunk ``j`` memory-mapped. Its bytes are checked against the sha256 in its record
+        (which names its position and store) the first time this store object reads it, and
+        again whenever the file changes; a chunk holding NaN/inf is refused."""
         path, (start, stop) = self._npy(j), self.chunk_range(j)
         fix = f"delete it with store.drop_chunk({j}) or store.clear() and run store.fill(fn)"
-        if check and file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
-            raise StoreError(f"corrupted feature chunk {path}: sha256 mismatch; {fix}")
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise StoreError(f"missing feature chunk {path}: {exc}; {fix}") from exc
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        fresh = check or self._verified.get(j) != signature
+        if fresh and file_sha256(path) != (self._read_record(j) or {}).get("sha256"):
+            raise StoreError(
+                f"corrupted feature chunk {path}: its sha256 does not match its record (a "
+                f"changed byte, or a chunk file moved from another position); {fix}"
+            )
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -391,10 +408,18 @@ class FeatureStore:
             f"{(stop - start, self.dim)} {self.dtype}; {fix}",
             StoreError,
         )
+        if fresh:
+            require(
+                bool(np.isfinite(arr).all()),
+                f"feature chunk {path} holds NaN or inf values; {fix}",
+                StoreError,
+            )
+            self._verified[j] = signature
         return arr
 
     def read(self, start: int = 0, stop: int | None = None, check: bool = False) -> np.ndarray:
-        """Rows ``[start, stop)`` as an in-memory array; ``check`` also verifies sha256."""
+        """Rows ``[start, stop)`` as an in-memory array (chunks are verified on first read;
+        ``check`` verifies them again)."""
         self._check_alive()
         stop = self.n_rows if stop is None else stop
         require(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from tdakit.errors import TdakitError, require
+from tdakit.errors import NumericalError, require
 from tdakit.losses import resolve_loss
 from tdakit.task import eval_mode
 
@@ -215,7 +215,7 @@ def train_loop(
                         record(run.steps)
                 mean = total_loss / max(seen, 1)
                 if not math.isfinite(mean):
-                    raise TdakitError(
+                    raise NumericalError(
                         f"Training loss became non-finite ({mean}) in epoch {epoch + 1}; the "
                         f"learning rate lr={recipe.lr} is probably too high: try a lower lr "
                         "(e.g. 10x smaller) or check the data for NaN/inf."

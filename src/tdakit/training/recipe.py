@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from tdakit.data.sources import to_tensors
-from tdakit.errors import TdakitError, require
+from tdakit.errors import ConfigError, require
 from tdakit.fingerprints import describe_callable
 from tdakit.losses import LOSSES
 from tdakit.task import load_weights
@@ -285,7 +285,7 @@ def _check_picklable(fn: Any, what: str) -> None:
     try:
         pickle.dumps(fn)
     except Exception as err:
-        raise TdakitError(
+        raise ConfigError(
             f"The {what} {fn!r} cannot be pickled ({err}), so it cannot be sent to worker "
             "processes; use a module-level function or functools.partial instead of a lambda "
             "or closure."
@@ -391,7 +391,7 @@ def as_recipe(recipe: Any) -> Any:
         return recipe
     if callable(recipe):
         return FunctionRecipe(recipe)
-    raise TdakitError(
+    raise ConfigError(
         f"recipe must be a tdakit TrainingRecipe, an object with train(X, y, *, indices, "
         f"init_seed, batch_seed), or a function train(X, y, indices, init_seed, batch_seed) "
         f"-> model; got {type(recipe).__name__}."

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tdakit.errors import TdakitError, require
+from tdakit.errors import DataError, require
 from tdakit.losses import LOSSES
 from tdakit.task import eval_mode
 from tdakit.training.loop import train_loop
@@ -39,7 +39,7 @@ def _as_tensor(value: object, name: str) -> Tensor:
         return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value)
-    raise TdakitError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}.")
+    raise DataError(f"{name} must be a torch.Tensor or numpy array, got {type(value).__name__}.")
 
 
 def _check_number(value: object, name: str, low: float, *, integer: bool = False) -> None:
