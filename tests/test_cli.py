@@ -36,6 +36,8 @@ def test_demo_tiny(tmp_path):
         "60",
         "--seed",
         "3",
+        "--reliability-samples",
+        "2",
         "--quiet",
     ]
     result = runner.invoke(app, args)
@@ -46,6 +48,7 @@ def test_demo_tiny(tmp_path):
     assert html.count('<div class="query">') == 2 and "split seed 3" in html
     payload = torch.load(out / "scores.pt")
     assert all(S.shape == (2, 60) for S in payload["scores"].values())
+    assert set(payload["reliable"]) == set(payload["scores"])  # every method has verdicts
 
 
 def test_bad_input_gives_clean_message_and_exit_code_2(tmp_path):

@@ -22,6 +22,7 @@ TINY = dict(
     n_train=200,
     n_checkpoints=2,
     top_k=3,
+    reliability_samples=3,
 )
 
 
@@ -67,9 +68,14 @@ def test_demo_html_shows_every_method_and_query(demo_out):
         rows = re.findall(r'<td class="mname">([^<]*)</td>', block)
         assert rows == [escape(e.name) for e in available]
     images = re.findall(r'src="data:image/png;base64,', html)
-    # loss curve + heatmap, and per query: its image + 3 proponents + 3 opponents per method
-    assert len(images) == 2 + 2 * (1 + 6 * len(available))
+    # loss curve, heatmap, SNR histogram, mean-sd scatter, and per query: its image +
+    # 3 proponents + 3 opponents per method
+    assert len(images) == 4 + 2 * (1 + 6 * len(available))
     assert "Method agreement" in html and "http" not in html
+    # every attributed example carries its verdict; the reliability section explains them
+    verdicts = re.findall(r'<span class="badge (right|muted)"', html)
+    assert len(verdicts) == 2 * 6 * len(available)
+    assert "Reliability" in html and "signal-to-noise ratio" in html
 
 
 def test_pick_queries_prefers_a_few_misclassified_and_distinct_labels():

@@ -60,6 +60,12 @@ def demo(
     train_size: int = typer.Option(
         None, "--train-size", min=10, help="Use a seeded subset of this many training examples."
     ),
+    reliability_samples: int = typer.Option(
+        8,
+        "--reliability-samples",
+        min=0,
+        help="Posterior samples behind every verdict (further training); 0 = no verdicts.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Explain digit predictions with every attribution method; write an HTML report.
@@ -78,6 +84,7 @@ def demo(
         hidden=(hidden,),
         n_train=train_size,
         n_checkpoints=min(3, epochs),
+        reliability_samples=reliability_samples,
     )
 
 

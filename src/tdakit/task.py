@@ -113,7 +113,7 @@ class Task:
         if self._param_names is None:
             raise ConfigError(
                 "params='last_layer' is resolved from a forward pass: fit a method first, or "
-                "call task.bind(batch) with one batch of your data."
+                "call task.split(batch) on one batch of your data."
             )
         return self._param_names
 

@@ -9,6 +9,7 @@ content (model, code, data, configuration), so a second fit reuses it.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import warnings
@@ -118,11 +119,32 @@ def build_train_features(
     max_memory: int = 1 << 30,
     progress: bool = False,
     desc: str = "train features",
+    width: Callable[[], int | None] | None = None,
+    featurize_into: Callable[[Batch, torch.Tensor], None] | None = None,
 ) -> TrainFeatures:
-    """Featurise ``source`` and keep the result as ``storage`` says (see module doc)."""
+    """Featurise ``source`` and keep the result as ``storage`` says (see module doc).
+
+    ``width()`` (asked once the first batch has resolved the task) may give the row width
+    in advance; with ``featurize_into(batch, rows)`` the rows are then written straight into
+    the ``[N, d]`` matrix (in the task's dtype), with no per-batch copy.
+    """
     require(storage in STORAGE, f"Unknown storage {storage!r}; use one of {STORAGE}.")
     batches = source.batches(task, batch_size)
-    if storage == "memory" or (storage == "auto" and cache_dir is None):
+    in_memory = storage == "memory" or (storage == "auto" and cache_dir is None)
+    if in_memory and width is not None and featurize_into is not None:
+        b0 = next(batches)  # resolves the task (params="last_layer") before sizing
+        d = width()
+        itemsize = torch.empty(0, dtype=task.dtype).element_size()
+        if d is not None and (storage == "memory" or len(source) * d * itemsize <= max_memory):
+            T = torch.empty(len(source), d, dtype=task.dtype, device=task.device)
+            bar = tqdm(total=len(source), desc=desc, disable=not progress, leave=False)
+            for b in itertools.chain([b0], batches):
+                featurize_into(b, T[b.start : b.stop])
+                bar.update(b.stop - b.start)
+            bar.close()
+            return MemoryFeatures(T)
+        batches = itertools.chain([b0], batches)
+    if in_memory:
         F0 = featurize(next(batches))  # kept: the first rows of the matrix
     else:
         # A one-example probe for the feature dimension: a cached store is reused without
@@ -146,9 +168,13 @@ def build_train_features(
     if storage == "recompute":
         return RecomputedFeatures(source, featurize, task, batch_size, dim)
     if storage == "memory":
+        if len(F0) == n and F0._base is None and F0.is_contiguous():
+            return MemoryFeatures(F0)  # one batch is the whole matrix: no second copy
         T = torch.empty(n, dim, dtype=F0.dtype, device=F0.device)
         T[: len(F0)] = F0
-        bar = tqdm(total=n, initial=len(F0), desc=desc, disable=not progress, leave=False)
+        first = len(F0)
+        del F0  # freed before the next batch is featurised: one batch beside T, not two
+        bar = tqdm(total=n, initial=first, desc=desc, disable=not progress, leave=False)
         for b in batches:
             T[b.start : b.stop] = featurize(b)
             bar.update(b.stop - b.start)

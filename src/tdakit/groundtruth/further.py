@@ -87,6 +87,11 @@ def further_training(
     ts = [int(v) for v in t]
     require(len(ts) > 0 and min(ts) >= 1, f"t must be amounts of training >= 1, got {list(t)}.")
     require(
+        isinstance(recipe, TrainingRecipe),
+        "further_training continues the original optimiser, so it needs a "
+        "tdakit.TrainingRecipe (a plain training function cannot be continued).",
+    )
+    require(
         recipe.optimizer != "lbfgs",
         "Further training takes small first-order steps: use an sgd or adam recipe.",
     )

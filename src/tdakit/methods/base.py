@@ -73,6 +73,9 @@ class AttributionMethod(ABC):
     runtime_params: ClassVar[tuple[str, ...]] = ()
     # How per-model scores combine into the score: "sum" (TracIn) or "mean" (TRAK).
     ensemble_reduction: ClassVar[str] = "sum"
+    # Whether the method's own randomness is part of a posterior sample (its seed is
+    # varied per sample in reliability studies): the random baseline.
+    reseed_per_sample: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -118,16 +121,12 @@ class AttributionMethod(ABC):
         return {"method": self.name, **{k: plain(v) for k, v in params.items()}}
 
     def clone(self, task: Task | None = None, **overrides: Any) -> AttributionMethod:
-        """An unfitted copy with the same configuration, on ``task`` (default: the same)."""
-        from tdakit.methods.registry import from_config
-
-        config = self.to_config()
-        unknown = sorted(set(overrides) - set(self.get_params()))
+        """An unfitted copy with the same configuration (the same option objects, e.g. a
+        solver with an explicit projection), on ``task`` (default: the same task)."""
+        params = self.get_params()
+        unknown = sorted(set(overrides) - set(params))
         require(not unknown, f"Unknown option(s) {unknown} for {type(self).__name__}.")
-        runtime = {k: getattr(self, k) for k in self.runtime_params}
-        runtime.update({k: v for k, v in overrides.items() if k in self.runtime_params})
-        config.update({k: v for k, v in overrides.items() if k not in self.runtime_params})
-        return from_config(config, task or self.task, **runtime)
+        return type(self)(task or self.task, **{**params, **overrides})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_config()})"

@@ -82,6 +82,16 @@ class FeatureMethod(AttributionMethod):
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         """Feature rows ``[B, d]`` of a batch as training points or as queries."""
 
+    def _feature_width(self) -> int | None:
+        """The width ``d`` of the training rows when known before featurising (then
+        :meth:`_featurize_into` writes them straight into the feature matrix); ``None``:
+        unknown, the rows are featurised and copied."""
+        return None
+
+    def _featurize_into(self, batch: Batch, objective: str, out: torch.Tensor) -> None:
+        """Write the rows of :meth:`_featurize` into ``out`` ``[B, d]`` (task dtype)."""
+        out.copy_(self._featurize(batch, objective))
+
     def _train_view(self, T: torch.Tensor) -> torch.Tensor:
         return T
 
@@ -120,6 +130,8 @@ class FeatureMethod(AttributionMethod):
             max_memory=self.max_memory,
             progress=self.progress,
             desc=f"{type(self).__name__} train features",
+            width=self._feature_width,
+            featurize_into=lambda b, out: self._featurize_into(b, "train", out),
         )
         self.preconditioner_ = self._fit_preconditioner(source)
 

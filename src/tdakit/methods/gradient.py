@@ -27,32 +27,55 @@ def unit_rows(F: torch.Tensor) -> torch.Tensor:
     return F / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+class GradientFeatures:
+    """The gradient feature stage: per-example gradients of the training loss (training
+    examples) or of the loss-like query measurement (queries), optionally projected."""
+
+    task: Task
+    projector: object
+
+    def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
+        return batch_gradients(
+            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
+            projector=self.projector, start=batch.start,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    def _own_features(self) -> bool:
+        """Whether the rows are these gradients (TracIn concatenates its own)."""
+        return type(self)._featurize is GradientFeatures._featurize
+
+    def _feature_width(self) -> int | None:
+        if not self._own_features():
+            return super()._feature_width()  # type: ignore[misc]
+        return self.task.num_params if self.projector is None else self.projector.dim  # type: ignore[attr-defined]
+
+    def _featurize_into(self, batch: Batch, objective: str, out: torch.Tensor) -> None:
+        if not self._own_features():
+            return super()._featurize_into(batch, objective, out)  # type: ignore[misc]
+        batch_gradients(
+            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
+            projector=self.projector, out=out, start=batch.start,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    @property
+    def gradient_path(self) -> dict[str, str | None]:
+        """How per-example gradients were computed: ``"layers"``, ``"vmap"`` or ``"loop"``
+        per objective (``None`` before the first batch)."""
+        tasks = getattr(self, "tasks", None) or [self.task]
+        return {o: gradient_path(tasks[0], o) for o in ("train", "query")}  # type: ignore[arg-type]
+
+
 @register
-class GradDot(FeatureMethod):
+class GradDot(GradientFeatures, FeatureMethod):
     """``S[q, i] = g_q . g_i`` at the final parameters (TracIn at one checkpoint).
 
     Takes the options of :class:`~tdakit.methods.feature_method.FeatureMethod`
     (``projection``, ``storage``, ``cache_dir``, ...) and
     :class:`~tdakit.methods.base.AttributionMethod` (``batch_size``, ``progress``, ...).
-    ``gradient_path`` tells how per-example gradients were computed (``"layers"``,
-    ``"vmap"`` or ``"loop"``).
+    ``gradient_path`` tells how per-example gradients were computed.
     """
 
     name = "grad_dot"
-
-    def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
-        return batch_gradients(
-            self.task,
-            batch.inputs,
-            batch.targets,
-            objective=objective,  # type: ignore[arg-type]
-            projector=self.projector,
-            start=batch.start,
-        )
-
-    @property
-    def gradient_path(self) -> dict[str, str | None]:
-        return {o: gradient_path(self.task, o) for o in ("train", "query")}  # type: ignore[arg-type]
 
 
 @register

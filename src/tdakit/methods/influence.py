@@ -15,12 +15,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import torch
-
-from tdakit.data.sources import Batch, Source
+from tdakit.data.sources import Source
 from tdakit.errors import require
-from tdakit.features.grads import batch_gradients
 from tdakit.methods.feature_method import FeatureMethod
+from tdakit.methods.gradient import GradientFeatures
 from tdakit.methods.registry import register
 from tdakit.preconditioners import (
     Curvature,
@@ -56,7 +54,7 @@ MOVED = {
 
 
 @register
-class InfluenceFunction(FeatureMethod):
+class InfluenceFunction(GradientFeatures, FeatureMethod):
     """Influence functions with a choice of curvature and inverse solver.
 
     Args:
@@ -126,16 +124,6 @@ class InfluenceFunction(FeatureMethod):
             "method": "gradients",
             "projection": None if self.projector is None else self.projector.config,
         }
-
-    def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
-        return batch_gradients(
-            self.task,
-            batch.inputs,
-            batch.targets,
-            objective=objective,  # type: ignore[arg-type]
-            projector=self.projector,
-            start=batch.start,
-        )
 
     def _fit(self, source: Source) -> None:
         task = self.task

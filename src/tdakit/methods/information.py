@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tdakit.data.sources import Batch, DataLike, Source
-from tdakit.errors import require
+from tdakit.errors import ConfigError, require
 from tdakit.features.tangent import split_rows, tangent_rows
 from tdakit.methods.feature_method import FeatureMethod
 from tdakit.methods.gradient import GradDot
@@ -159,6 +159,13 @@ class InformationLoss(FeatureMethod):
 
     def scores(self, queries: DataLike) -> torch.Tensor:
         return super(FeatureMethod, self).scores(queries)
+
+    def build_index(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError(
+            "InformationLoss scores are not inner products, so a vector index cannot rank "
+            "them; use InformationGain (variance-corrected inner products) for retrieval, "
+            "then select_subset(..., candidates=...) to re-rank the candidates."
+        )
 
     # --- subsets --------------------------------------------------------------------------------
     def subset_information(

@@ -24,6 +24,7 @@ class RandomBaseline(AttributionMethod):
     """
 
     name = "random"
+    reseed_per_sample = True
 
     def __init__(self, task: Task | None = None, *, seed: int = 0, **kw) -> None:
         super().__init__(task, **kw)

@@ -163,8 +163,11 @@ class RepresenterPoints(FeatureMethod):
             value.backward()
             return value
 
-        opt.step(closure)
-        W = self._newton_polish(W.detach(), H, y)
+        if W.numel() <= DIRECT_NEWTON_MAX:  # small: Newton from the trained weights
+            W = self._newton(W.detach(), H, y, iters=50)
+        else:
+            opt.step(closure)
+            W = self._newton(W.detach(), H, y, iters=5)
         self.refit_grad_norm_ = float(torch.func.grad(self._objective)(W, H, y).abs().max())
         self.converged_ = self.refit_grad_norm_ <= self.tolerance
         if not self.converged_:
@@ -178,13 +181,16 @@ class RepresenterPoints(FeatureMethod):
             )
         return W
 
-    def _newton_polish(self, W: torch.Tensor, H: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Newton steps to stationarity. ``W -> H W^T`` is linear, so the Hessian is
+    def _newton(
+        self, W: torch.Tensor, H: torch.Tensor, y: torch.Tensor, iters: int
+    ) -> torch.Tensor:
+        """Damped Newton steps to stationarity. ``W -> H W^T`` is linear, so the Hessian is
         ``(1/N) sum_i Lambda_i (x) h_i h_i^T + 2 lambda I`` (``Lambda_i`` the output-space loss
-        Hessian): Cholesky when ``W`` is small, else conjugate gradients."""
+        Hessian): Cholesky when ``W`` is small, else conjugate gradients. A step is halved
+        until the objective or the gradient decreases (the objective is convex)."""
         grad_fn = torch.func.grad(self._objective)
         g = grad_fn(W, H, y)
-        for _ in range(5):
+        for _ in range(iters):
             if float(g.abs().max()) <= 0.01 * self.tolerance:
                 break
             lam = output_hessians(self.task._loss, H @ W.T, y).to(H.dtype)  # type: ignore[union-attr]
@@ -207,9 +213,15 @@ class RepresenterPoints(FeatureMethod):
                     hvp, -g.reshape(1, -1), tol=1e-13, max_iter=min(1000, g.numel())
                 )
                 step = flat.reshape(g.shape)
-            trial = W + step  # near the optimum a full step; kept only if it helps
-            g_trial = grad_fn(trial, H, y)
-            if float(g_trial.abs().max()) >= float(g.abs().max()):
+            f0, g0 = float(self._objective(W, H, y)), float(g.abs().max())
+            t, accepted = 1.0, False
+            while t >= 1e-4 and not accepted:
+                trial = W + t * step
+                g_trial = grad_fn(trial, H, y)
+                accepted = float(self._objective(trial, H, y)) < f0 or float(
+                    g_trial.abs().max()) < g0  # fmt: skip
+                t /= 2
+            if not accepted:
                 break
             W, g = trial, g_trial
         return W

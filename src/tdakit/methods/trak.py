@@ -207,9 +207,12 @@ class TRAK(FeatureMethod):
 
     # --- features ----------------------------------------------------------------------------
     def _margin_task(self, t: Task) -> Task:
-        return t.with_measurement(
-            negative_margin if t.loss_name == "cross_entropy" else _negative_output
-        )
+        """The margin task of model ``t``, built once (it records its gradient path)."""
+        cache = self.__dict__.setdefault("_margin_tasks", {})
+        if id(t) not in cache:
+            measure = negative_margin if t.loss_name == "cross_entropy" else _negative_output
+            cache[id(t)] = (t, t.with_measurement(measure))
+        return cache[id(t)][1]
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         parts = []

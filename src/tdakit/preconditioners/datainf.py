@@ -78,7 +78,8 @@ class DataInf(Preconditioner):
             n += len(T)
             for acc, s, lam in zip(accs, self.slices_, self.lams_, strict=True):
                 Tl = T[:, s]
-                acc += ((G[:, s] @ Tl.T) / (lam + Tl.pow(2).sum(1))) @ Tl
+                sq = torch.linalg.vector_norm(Tl, dim=1).square()  # no [rows, width] temporary
+                acc += ((G[:, s] @ Tl.T) / (lam + sq)) @ Tl
         out = torch.empty_like(G)
         for acc, s, lam in zip(accs, self.slices_, self.lams_, strict=True):
             out[:, s] = (G[:, s] - acc / n) / lam

@@ -12,10 +12,13 @@ and a query with features ``Phi_*`` (``C* x k``) has latent predictive covarianc
 ``Sigma_* = Phi_* A^-1 Phi_*^T``. Removing a subset ``S`` is a low-rank downdate of ``A``;
 the entropy change is computed with the matrix determinant lemma, never by refitting.
 
-Hyperparameters: ``prior_precision="auto"`` maximises the linearised model's marginal
-likelihood for a Gaussian likelihood (jointly with ``noise="auto"``), and otherwise uses the
-unit-information rule ``delta = trace(sum_i B_i B_i^T) / (N k)`` (the prior is worth one
-average training example). Neither ever looks at test data.
+Hyperparameters (documented rules; neither looks at test data): ``noise="auto"`` (Gaussian
+likelihood) is the maximum-likelihood noise at the trained weights, the mean squared
+training residual; ``prior_precision="auto"`` is the unit-information rule
+``delta = trace(sum_i B_i B_i^T / sigma^2) / (N k)``: the prior is worth one average
+training example. (The marginal likelihood itself is degenerate here: with the prior centred
+at the trained weights, whose residuals are orthogonal to the tangent features, it always
+prefers ``delta -> infinity``; ``log_evidence`` is still reported for given values.)
 """
 
 from __future__ import annotations
@@ -43,10 +46,10 @@ class GaussianPosterior(Preconditioner):
     """``A = delta I + sum_i B_i B_i^T / sigma^2`` over ``k`` projected weights.
 
     Args:
-        prior_precision: ``delta > 0`` or ``"auto"`` (see the module docstring).
-        noise: ``sigma^2 > 0`` for a Gaussian likelihood, or ``"auto"`` (the marginal
-            likelihood for Gaussian, ``1`` otherwise, where ``Lambda_i`` already is the
-            likelihood precision).
+        prior_precision: ``delta > 0`` or ``"auto"`` (unit information, module docstring).
+        noise: ``sigma^2 > 0`` for a Gaussian likelihood, or ``"auto"`` (the mean squared
+            training residual; ``1`` otherwise, where ``Lambda_i`` already is the likelihood
+            precision).
         compute_dtype: dtype of the ``k x k`` factorisation.
 
     ``fit`` reads ``curvature.features`` as blocks ``B [b, C, k]`` (``B_i^T`` per example)
@@ -115,29 +118,32 @@ class GaussianPosterior(Preconditioner):
         return self
 
     def _hyperparameters(self, gram, n, n_out, proj, rr) -> tuple[float, float]:
-        delta, noise = self.prior_precision, self.noise
-        unit = float(gram.diagonal().sum()) / (n * gram.shape[0])
-        if not self.gaussian:
-            return (unit if delta == "auto" else float(delta)), 1.0
-        if delta != "auto" and noise != "auto":
-            return float(delta), float(noise)
+        noise = 1.0
+        if self.gaussian:
+            if self.noise == "auto":
+                require(
+                    proj is not None,
+                    "noise='auto' is the mean squared training residual: it needs the "
+                    "residuals (targets minus outputs); pass noise= explicitly otherwise.",
+                )
+                noise = max(rr / n_out, torch.finfo(gram.dtype).tiny)
+            else:
+                noise = float(self.noise)
+        unit = float(gram.diagonal().sum()) / (n * gram.shape[0] * noise)
+        delta = unit if self.prior_precision == "auto" else float(self.prior_precision)
         require(
-            proj is not None,
-            "prior_precision/noise='auto' with a Gaussian likelihood maximise the marginal "
-            "likelihood, which needs the training residuals (targets minus outputs).",
+            delta > 0,
+            "The unit-information prior is 0 (all tangent features are zero); pass "
+            "prior_precision= explicitly.",
+            NumericalError,
         )
-        s, U = torch.linalg.eigh(gram)
-        b2 = (U.T @ proj).pow(2)
-        fixed = {
-            "delta": None if delta == "auto" else float(delta),
-            "noise": None if noise == "auto" else float(noise),
-        }
-        start = {"delta": max(unit, 1e-12), "noise": max(rr / n_out, 1e-12)}
-        best = log_evidence_argmax(
-            s.clamp_min(0).cpu().numpy(), b2.cpu().numpy(), rr, n_out, start, fixed
-        )
-        self.log_evidence_ = best[2]
-        return best[0], best[1]
+        if self.gaussian and proj is not None:
+            s, U = torch.linalg.eigh(gram)
+            b2 = (U.T @ proj).pow(2)
+            self.log_evidence_ = log_evidence(
+                s.clamp_min(0).cpu().numpy(), b2.cpu().numpy(), rr, n_out, delta, noise
+            )
+        return delta, noise
 
     # --- applying -------------------------------------------------------------------------
     def _inv(self) -> CholeskyInverse:
@@ -172,33 +178,6 @@ def log_evidence(s, b2, rr: float, n: int, delta: float, noise: float) -> float:
     quad = (rr - float(np.sum(b2 / (s + delta * noise)))) / noise
     logdet = n * math.log(noise) + float(np.sum(np.log1p(s / (delta * noise))))
     return -0.5 * (quad + logdet + n * math.log(2 * math.pi))
-
-
-def log_evidence_argmax(s, b2, rr, n, start: dict, fixed: dict) -> tuple[float, float, float]:
-    """Maximise :func:`log_evidence` over ``log delta`` and/or ``log noise`` (L-BFGS-B)."""
-    from scipy.optimize import minimize
-
-    free = [k for k in ("delta", "noise") if fixed[k] is None]
-
-    def unpack(z) -> tuple[float, float]:
-        vals = dict(fixed)
-        for k, v in zip(free, z, strict=True):
-            vals[k] = math.exp(float(v))
-        return vals["delta"], vals["noise"]
-
-    def objective(z) -> float:
-        value = -log_evidence(s, b2, rr, n, *unpack(z))
-        return value if math.isfinite(value) else 1e300
-
-    z0 = [math.log(start[k]) for k in free]
-    out = minimize(objective, z0, method="L-BFGS-B", bounds=[(-60.0, 60.0)] * len(free))
-    delta, noise = unpack(out.x)
-    if not (delta > 0 and noise > 0 and math.isfinite(out.fun)):
-        raise NumericalError(
-            "The marginal likelihood of the Gaussian posterior could not be maximised; set "
-            "prior_precision= and noise= explicitly."
-        )
-    return delta, noise, -float(out.fun)
 
 
 def information(

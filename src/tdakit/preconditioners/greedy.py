@@ -63,8 +63,9 @@ def greedy_select(
     zetas: list[tuple[torch.Tensor, torch.Tensor]] = []  # (zeta_p [k_dim, C], K_p [C, C])
     picks, gains = [], []
     for _ in range(k):
-        g = information(S, U, torch.linalg.inv(sigma), sign)
-        g = g.masked_fill(chosen, float("-inf"))
+        free = (~chosen).nonzero().squeeze(1)  # chosen rows may no longer be invertible
+        g = torch.full((n,), float("-inf"), dtype=dt, device=S.device)
+        g[free] = information(S[free], U[free], torch.linalg.inv(sigma), sign)
         j = int(torch.argmax(g))
         picks.append(j)
         gains.append(float(g[j]))

@@ -305,8 +305,9 @@ def find_layers(task: Task) -> list[KFACLayer]:
         kind = {nn.Embedding: "embedding", nn.LayerNorm: "diagonal"}.get(type(module), "linear")
         if isinstance(module, nn.Embedding):
             require(
-                module.max_norm is None and not module.sparse,
-                f"K-FAC does not support Embedding {owner!r} with max_norm or sparse=True.",
+                module.max_norm is None and not module.sparse and not module.scale_grad_by_freq,
+                f"K-FAC does not support Embedding {owner!r} with max_norm, sparse=True or "
+                "scale_grad_by_freq=True; leave it out of Task(params=[...]).",
             )
         layer = layers.setdefault(owner, KFACLayer(owner, module, None, None, kind))
         setattr(layer, leaf, (offset, offset + size))

@@ -178,7 +178,10 @@ class CurvatureOperator:
                 part = Phi.T @ Phi
             else:
                 Phi, Hout = tangent_features(task, b.inputs, b.targets, projector)
-                part = torch.einsum("bci,bcd,bdj->ij", Phi, Hout.to(Phi.dtype), Phi)
+                w, V = torch.linalg.eigh(Hout)  # H = L L^T: one [bC, k]^T [bC, k] product
+                L = (V * w.clamp_min(0).sqrt().unsqueeze(1)).to(Phi.dtype)
+                rows = (L.transpose(1, 2) @ Phi).reshape(-1, Phi.shape[-1])
+                part = rows.T @ rows
             M = part if M is None else M + part
         assert M is not None
         M = M / self.num_examples

@@ -10,6 +10,7 @@ from tdakit.reliability.distribution import (
 )
 from tdakit.reliability.samplers import (
     Checkpoints,
+    Drawn,
     FurtherTraining,
     Laplace,
     PosteriorSample,
@@ -21,6 +22,7 @@ from tdakit.reliability.stats import Accumulator, ScoreDistribution, correct, p_
 __all__ = [
     "Accumulator",
     "Checkpoints",
+    "Drawn",
     "Explanation",
     "FurtherTraining",
     "Laplace",

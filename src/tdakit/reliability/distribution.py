@@ -27,10 +27,12 @@ from tdakit.task import Task
 
 
 def _on_sample(
-    method: AttributionMethod, sample: PosteriorSample, state: dict
+    method: AttributionMethod, sample: PosteriorSample, state: dict, k: int
 ) -> AttributionMethod:
     task: Task = method.task  # type: ignore[assignment]
     runtime: dict[str, Any] = {}
+    if method.reseed_per_sample:
+        runtime["seed"] = int(method.seed) + 1 + k  # type: ignore[attr-defined]
     if "checkpoints" in method.runtime_params and getattr(method, "checkpoints", None):
         ckpts = sample.checkpoints or [state]
         runtime["checkpoints"] = ckpts
@@ -61,15 +63,12 @@ def score_distribution(
     require(isinstance(method, AttributionMethod), "method must be a tdakit attribution method.")
     require(isinstance(sampler, Sampler), "sampler must be a tdakit.reliability sampler.")
     acc = Accumulator(keep_samples)
-    for sample in tqdm(
-        sampler.draw(method.task, train),
-        desc="posterior samples",  # type: ignore[arg-type]
-        disable=not progress,
-        leave=False,
-    ):
+    samples = sampler.draw(method.task, train)  # type: ignore[arg-type]
+    bar = tqdm(samples, desc="posterior samples", disable=not progress, leave=False)
+    for k, sample in enumerate(bar):
         S = None
         for state in sample.states:
-            part = _on_sample(method, sample, state).fit(train).scores(queries).double()
+            part = _on_sample(method, sample, state, k).fit(train).scores(queries).double()
             S = part if S is None else S + part
         acc.add(S / len(sample.states), init=sample.init_seed, batch=sample.batch_seed)
     return acc.result(test=test, alpha=alpha, correction=correction)

@@ -214,3 +214,15 @@ def _place(layer: Any, Z: torch.Tensor, out: torch.Tensor) -> None:
     QG = layer.QG.cpu().double()
     M = QG @ Z if layer.QA is None else QG @ Z @ layer.QA.cpu().double().T
     layer.scatter(M.unsqueeze(0), out.unsqueeze(0))
+
+
+class Drawn(Sampler):
+    """Samples drawn once (e.g. ``list(sampler.draw(task, train))``), reused by several
+    methods so that they are judged on the same posterior samples."""
+
+    def __init__(self, samples: Sequence[PosteriorSample]) -> None:
+        self.samples = list(samples)
+        self.n_samples = _count(len(self.samples), "the number of samples")
+
+    def draw(self, task: Task, train: DataLike) -> Iterator[PosteriorSample]:
+        yield from self.samples

@@ -79,6 +79,9 @@ def build_demo_report(result: DemoResult, top_k: int) -> Report:
         f"Test example #{int(i)} (model confidence {float(p):.2f})"
         for i, p in zip(result.query_idx, probs, strict=True)
     ]
+    dists = {r.name: r.reliability for r in done if r.reliability is not None}
+    if dists:
+        report.add_reliability(dists, result.sampler)
     report.add_explanations(
         (split.X_test[result.query_idx], split.y_test[result.query_idx]),
         (split.X_train, split.y_train),
@@ -88,6 +91,7 @@ def build_demo_report(result: DemoResult, top_k: int) -> Report:
         image_shape=split.image_shape,
         k=top_k,
         query_names=names,
+        verdicts=dists,
         title="Explanations of the test predictions",
     )
     return report

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import html as _html
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from tdakit.errors import require
+from tdakit.reliability.stats import ScoreDistribution
 from tdakit.report.plots import data_uri, example_png, feature_bar_figure, figure_png
+from tdakit.report.reliability import badge as verdict_badge
 
 __all__ = ["Ranking", "explanation_html"]
 
@@ -93,16 +95,18 @@ def _thumbs(
     query_label: str,
     images: _Images,
     classes: Sequence[str] | None,
+    verdict: Callable[[int], str] | None = None,
 ) -> str:
     X, y = train
     out = []
     for i, v in zip(idx.tolist(), vals.tolist(), strict=True):
         label = _label(y[i], classes)
         same = "same" if label == query_label else "diff"
+        extra = verdict(i) if verdict is not None else ""
         out.append(
             f'<div class="thumb" title="training example {i}">{images.train_tag(X, i)}'
             f'<span class="{same}">{_esc(label)}</span><span>{v:+.3g}</span>'
-            f"<span>#{i}</span></div>"
+            f"<span>#{i}</span>{extra}</div>"
         )
     return f'<div class="thumbs">{"".join(out)}</div>'
 
@@ -117,6 +121,7 @@ def explanation_html(
     image_shape: Sequence[int] | None = None,
     k: int = 5,
     query_names: Sequence[str] | None = None,
+    verdicts: Mapping[str, ScoreDistribution] | None = None,
 ) -> str:
     """HTML of one block per query; see :meth:`tdakit.report.Report.add_explanations`."""
     Xq, yq = (t.detach().cpu() for t in queries)
@@ -153,8 +158,14 @@ def explanation_html(
                 meta += f' <span class="badge {badge}">{text}</span>'
         rows = ""
         for m, r in ranks.items():
-            pro = _thumbs(r.proponents[q], r.proponent_scores[q], (Xt, yt), label, images, classes)
-            opp = _thumbs(r.opponents[q], r.opponent_scores[q], (Xt, yt), label, images, classes)
+            dist = (verdicts or {}).get(m)
+            verdict = None if dist is None else (lambda i, d=dist, q=q: verdict_badge(d, q, i))
+            pro = _thumbs(
+                r.proponents[q], r.proponent_scores[q], (Xt, yt), label, images, classes, verdict
+            )
+            opp = _thumbs(
+                r.opponents[q], r.opponent_scores[q], (Xt, yt), label, images, classes, verdict
+            )
             rows += f'<tr><td class="mname">{_esc(m)}</td><td>{pro}</td><td>{opp}</td></tr>'
         blocks.append(
             f'<div class="query"><div class="qhead"><div class="qimg">'
@@ -166,6 +177,7 @@ def explanation_html(
     legend = (
         '<p class="caption">Under each training image: its label (green = same as the '
         "query's label, red = different), its score (positive = helped the query) and its "
-        "index in the training set.</p>"
+        "index in the training set; where the method was re-run over posterior samples, "
+        "also whether the score is reliable (with its signal-to-noise ratio).</p>"
     )
     return legend + "".join(blocks)

@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from tdakit.errors import require
+from tdakit.reliability.stats import ScoreDistribution
 from tdakit.report.agreement import agreement_matrix
 from tdakit.report.explain import Ranking, explanation_html
 from tdakit.report.plots import data_uri, figure_png, heatmap_figure
@@ -50,6 +51,8 @@ figcaption,p.caption{color:#5b6573;font-size:.86em}
 .qhead .meta{font-size:.95em}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:.8em;color:#fff}
 .badge.wrong{background:#c0392b}.badge.right{background:#2e8b57}
+.badge.muted{background:#9a9a9a}
+.thumb .badge{font-size:.85em;padding:0 4px;margin-top:1px}
 table.expl{border-collapse:collapse;width:100%}
 table.expl td,table.expl th{vertical-align:top;padding:4px 6px;border-top:1px solid #eef1f5}
 table.expl th{text-align:left;font-size:.85em;color:#5b6573;font-weight:600}
@@ -179,6 +182,7 @@ class Report:
         k: int = 5,
         query_names: Sequence[str] | None = None,
         title: str = "Explanations",
+        verdicts: Mapping[str, ScoreDistribution] | None = None,
     ) -> Report:
         """One block per query: the query, its label and prediction, and per method its
         top-``k`` proponents and opponents (images, scores, labels).
@@ -186,7 +190,9 @@ class Report:
         ``rankings`` maps method names to a :class:`Ranking` or a score matrix
         ``[n_query, n_train]`` (its top-``k`` are taken). ``predictions`` are class indices
         (or values for regression); ``classes`` names class indices; ``image_shape`` is
-        ``(C, H, W)`` for images, ``None`` for tabular rows.
+        ``(C, H, W)`` for images, ``None`` for tabular rows. ``verdicts`` maps method names
+        to their :class:`~tdakit.reliability.ScoreDistribution`: each attributed example
+        then carries a reliable / not-reliable badge with its SNR.
         """
         self.add_section(title)
         return self.add_html(
@@ -199,7 +205,35 @@ class Report:
                 image_shape=image_shape,
                 k=k,
                 query_names=query_names,
+                verdicts=verdicts,
             )
+        )
+
+    def add_reliability(
+        self,
+        dists: Mapping[str, ScoreDistribution],
+        sampler: str,
+        title: str = "Reliability",
+    ) -> Report:
+        """Section: what the verdicts mean, the reliable fraction per method, the SNR
+        histogram and the mean-versus-sd scatter. ``sampler`` says how the posterior samples
+        were drawn (plain words)."""
+        from tdakit.report import reliability as rel
+
+        require(len(dists) > 0, "add_reliability needs at least one method's distribution.")
+        first = next(iter(dists.values()))
+        self.add_section(title)
+        self.add_text(rel.READING.format(n=first.n, sampler=sampler, alpha=first.alpha))
+        self.add_table(rel.SUMMARY_HEADER, rel.summary_rows(dists))
+        self.add_figure(
+            rel.snr_histogram_figure(dists),
+            caption="Distribution of |SNR| over all (query, training example) "
+            "pairs; right of the dashed line = reliable at the chosen level.",
+        )
+        return self.add_figure(
+            rel.mean_sd_figure(dists),
+            caption="Each pair's mean score against its standard deviation "
+            "over posterior samples; green = reliable.",
         )
 
     def add_agreement(

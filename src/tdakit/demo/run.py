@@ -11,131 +11,19 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-import tdakit
 from tdakit.data import DataSplit
-from tdakit.errors import ConfigError, StoreError, require
-from tdakit.methods.base import AttributionMethod
+from tdakit.demo.entries import METHODS, DemoContext, MethodEntry
+from tdakit.errors import StoreError, require
 from tdakit.storage.fileio import atomic_write
 from tdakit.task import Task
 
-__all__ = [
-    "METHODS",
-    "DemoContext",
-    "DemoResult",
-    "MethodEntry",
-    "MethodRun",
-    "pick_queries",
-    "run_demo",
-]
-
-
-@dataclass
-class DemoContext:
-    """What a method may take from the run: the task, training checkpoints, the seed."""
-
-    task: Task
-    checkpoints: list[dict[str, torch.Tensor]]
-    checkpoint_lrs: list[float]
-    seed: int
-    progress: bool
-
-    def objects(self) -> dict[str, object]:
-        return {"checkpoints": self.checkpoints, "lrs": self.checkpoint_lrs}
-
-
-@dataclass(frozen=True)
-class MethodEntry:
-    """A method in the demo, by its registry configuration.
-
-    ``config`` is what :func:`tdakit.methods.from_config` takes (``{"method": name, ...}``);
-    ``uses`` names run objects passed too (``"checkpoints"``, ``"lrs"``). An ``optional``
-    entry whose method is not registered (an extra that is not installed) is skipped with
-    the reason printed and shown in the report.
-    """
-
-    name: str
-    config: dict
-    description: str
-    uses: tuple[str, ...] = ()
-    optional: bool = False
-
-    def resolve(self) -> tuple[type | None, str]:
-        """``(class, "")`` if registered, else ``(None, reason)``; required entries raise."""
-        method = self.config.get("method")
-        if method not in tdakit.methods.METHODS:
-            if not self.optional:
-                raise ConfigError(f"Method {method!r} is not registered; the install is broken.")
-            return None, f"method {method!r} is not available in this installation"
-        return tdakit.methods.METHODS[method], ""
-
-    def build(self, ctx: DemoContext) -> AttributionMethod:
-        objects = ctx.objects()
-        config = {**self.config, "progress": ctx.progress}
-        if "seed" in self.config:
-            config["seed"] = ctx.seed
-        return tdakit.methods.from_config(config, ctx.task, **{k: objects[k] for k in self.uses})
-
-
-INFLUENCE_DAMPING = 0.01  # absolute λ; 1e-3 leaves the near-singular GGN directions too noisy
-
-
-def _influence(solver: str, **kw: object) -> dict:
-    return {"method": "influence", "solver": solver, "damping": INFLUENCE_DAMPING, **kw}
-
-
-METHODS: list[MethodEntry] = [
-    MethodEntry(
-        "GradDot", {"method": "grad_dot"}, "g_q · g_i: loss gradients at the final weights"
-    ),
-    MethodEntry(
-        "GradCos", {"method": "grad_cos"}, "cosine of the loss gradients (no gradient-norm bias)"
-    ),
-    MethodEntry(
-        "TracIn",
-        {"method": "tracin"},
-        "Σ_t η_t g_q(θ_t) · g_i(θ_t) over the saved training checkpoints",
-        uses=("checkpoints", "lrs"),
-    ),
-    MethodEntry(
-        "Influence (exact GGN)",
-        _influence("exact", curvature="ggn"),
-        "(1/N) g_qᵀ (G + λI)⁻¹ g_i, exact Gauss-Newton matrix, λ=0.01",
-    ),
-    MethodEntry(
-        "Influence (EK-FAC)",
-        _influence("ekfac"),
-        "influence with eigenvalue-corrected Kronecker-factored GGN, λ=0.01",
-    ),
-    MethodEntry(
-        "DataInf", _influence("datainf"), "closed-form layerwise influence approximation, λ=0.01"
-    ),
-    MethodEntry(
-        "TRAK",
-        {"method": "trak", "seed": 0},
-        "projected margin gradients (k=512), (ΦᵀΦ + λI)⁻¹ kernel, averaged over the "
-        "TracIn checkpoints",
-        uses=("checkpoints",),
-    ),
-    MethodEntry(
-        "RepresenterPoints",
-        {"method": "representer"},
-        "α_i · h_iᵀ h_q from an L2-regularised refit of the last layer",
-    ),
-    MethodEntry(
-        "RepresentationSimilarity",
-        {"method": "representation_similarity"},
-        "cosine of penultimate-layer representations (label-agnostic)",
-    ),
-    MethodEntry(
-        "RandomBaseline", {"method": "random", "seed": 0}, "i.i.d. N(0, 1) scores: the chance level"
-    ),
-]
+__all__ = ["DemoResult", "MethodRun", "pick_queries", "prepare_output_dir", "run_demo"]
 
 
 @dataclass
@@ -148,6 +36,8 @@ class MethodRun:
     fit_seconds: float = 0.0
     score_seconds: float = 0.0
     skipped: str = ""
+    method: object = None  # the fitted method (re-run over posterior samples)
+    reliability: object = None  # its ScoreDistribution, when computed
 
     @property
     def status(self) -> str:
@@ -168,6 +58,7 @@ class DemoResult:
     probabilities: torch.Tensor
     runs: list[MethodRun] = field(default_factory=list)
     seconds: float = 0.0
+    sampler: str = ""  # how the reliability samples were drawn ("" = not computed)
 
 
 def pick_queries(y: torch.Tensor, pred: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -220,9 +111,27 @@ def _run_methods(
             f"{entry.name} produced non-finite scores; please report this as a bug.",
         )
         run.scores = S.detach().to("cpu", torch.float64)
+        run.method = method
         runs.append(run)
     bar.close()
     return runs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The demo's knobs (see :func:`run_demo`)."""
+
+    n_queries: int = 6
+    seed: int = 0
+    progress: bool = True
+    epochs: int = 12
+    hidden: tuple[int, ...] = (32,)
+    n_train: int | None = None
+    n_checkpoints: int = 3
+    top_k: int = 5
+    methods: tuple[MethodEntry, ...] | None = None
+    device: str | None = None
+    reliability_samples: int = 8
 
 
 def run_demo(
@@ -230,31 +139,36 @@ def run_demo(
     n_queries: int = 6,
     seed: int = 0,
     progress: bool = True,
-    *,
-    epochs: int = 12,
-    hidden: Sequence[int] = (32,),
-    n_train: int | None = None,
-    n_checkpoints: int = 3,
-    top_k: int = 5,
-    methods: Sequence[MethodEntry] | None = None,
-    device: str | torch.device | None = None,
+    **options: object,
 ) -> Path:
     """Run the demo and write ``report.html`` and ``scores.pt`` into ``out_dir``.
 
     Args:
-        out_dir: output directory (created if needed).
+        out_dir: output directory (created, and checked writable, before any work).
         n_queries: how many test predictions to explain.
-        seed: seeds the split, model, training, query choice and random methods.
+        seed: seeds the split, model, training, query choice, samplers and random methods.
         progress: show progress bars and messages.
-        epochs, hidden: training length and MLP hidden widths (smaller = faster).
-        n_train: use a seeded subset of this many training examples (``None``: all 1347).
-        n_checkpoints: checkpoints kept for TracIn (evenly spaced over training).
-        top_k: proponents and opponents shown per method and query.
-        methods: the method registry to run (default :data:`METHODS`).
-        device: where the model lives (default CPU).
+        options: ``epochs``, ``hidden`` (training length and MLP widths), ``n_train`` (a
+            seeded subset of this many training examples; ``None``: all 1347),
+            ``n_checkpoints`` (kept for TracIn and TRAK), ``top_k`` (proponents and
+            opponents shown), ``methods`` (the entries to run, default :data:`METHODS`),
+            ``device``, ``reliability_samples`` (posterior samples behind every verdict:
+            seeded further training of the final model; 0 = no verdicts).
 
     Returns the path of the report.
     """
+    fields = set(Settings.__dataclass_fields__)
+    unknown = sorted(set(options) - fields)
+    require(not unknown, f"Unknown demo option(s) {unknown}; valid: {sorted(fields)}.")
+    if "hidden" in options:
+        options["hidden"] = tuple(options["hidden"])  # type: ignore[arg-type]
+    if options.get("methods") is not None:
+        options["methods"] = tuple(options["methods"])  # type: ignore[arg-type]
+    cfg = replace(Settings(n_queries=n_queries, seed=seed, progress=progress), **options)
+    return _demo(out_dir, cfg)
+
+
+def _demo(out_dir: str | Path, cfg: Settings) -> Path:
     from tdakit.data import load_digits
 
     t0 = time.perf_counter()
@@ -268,47 +182,35 @@ def run_demo(
         f"The output path {str(out)!r} exists and is not a directory; choose a directory.",
     )
     require(
-        isinstance(n_checkpoints, int) and 1 <= n_checkpoints <= epochs,
-        f"n_checkpoints must be between 1 and epochs={epochs}, got {n_checkpoints!r}.",
+        isinstance(cfg.n_checkpoints, int) and 1 <= cfg.n_checkpoints <= cfg.epochs,
+        f"n_checkpoints must be between 1 and epochs={cfg.epochs}, got {cfg.n_checkpoints!r}.",
     )
-    require(isinstance(top_k, int) and top_k >= 1, f"top_k must be >= 1, got {top_k!r}.")
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-
-    split = load_digits(seed=seed)
     require(
-        isinstance(n_queries, int) and 1 <= n_queries <= len(split.y_test),
-        f"n_queries must be between 1 and the {len(split.y_test)} test examples, "
-        f"got {n_queries!r}.",
+        isinstance(cfg.top_k, int) and cfg.top_k >= 1, f"top_k must be >= 1, got {cfg.top_k!r}."
     )
-    X, y = split.X_train, split.y_train
-    if n_train is not None:
+    require(
+        isinstance(cfg.reliability_samples, int)
+        and cfg.reliability_samples in (0, *range(2, 1001)),
+        f"reliability_samples must be 0 (off) or between 2 and 1000, got "
+        f"{cfg.reliability_samples!r}.",
+    )
+    split = load_digits(seed=cfg.seed)
+    require(
+        isinstance(cfg.n_queries, int) and 1 <= cfg.n_queries <= len(split.y_test),
+        f"n_queries must be between 1 and the {len(split.y_test)} test examples, "
+        f"got {cfg.n_queries!r}.",
+    )
+    if cfg.n_train is not None:
         require(
-            isinstance(n_train, int) and 10 <= n_train <= len(X),
-            f"n_train must be an integer between 10 and {len(X)}, got {n_train!r}.",
+            isinstance(cfg.n_train, int) and 10 <= cfg.n_train <= len(split.X_train),
+            f"n_train must be an integer between 10 and {len(split.X_train)}, got {cfg.n_train!r}.",
         )
-        gen = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(X), generator=gen)[:n_train].sort().values
-        X, y = X[keep], y[keep]
-        split.X_train, split.y_train = X, y
-
+        gen = torch.Generator().manual_seed(cfg.seed)
+        keep = torch.randperm(len(split.X_train), generator=gen)[: cfg.n_train].sort().values
+        split.X_train, split.y_train = split.X_train[keep], split.y_train[keep]
     created = prepare_output_dir(out)
     try:
-        return _run(
-            out,
-            split,
-            X,
-            y,
-            n_queries,
-            seed,
-            progress,
-            epochs,
-            hidden,
-            n_checkpoints,
-            top_k,
-            methods,
-            dev,
-            t0,
-        )
+        return _run(out, split, cfg, t0)
     except BaseException:
         if created:
             shutil.rmtree(out, ignore_errors=True)
@@ -334,66 +236,91 @@ def prepare_output_dir(out: Path) -> bool:
     return created
 
 
-def _run(
-    out,
-    split,
-    X,
-    y,
-    n_queries,
-    seed,
-    progress,
-    epochs,
-    hidden,
-    n_checkpoints,
-    top_k,
-    methods,
-    dev,
-    t0,
-) -> Path:
+def _reliability(runs: list[MethodRun], model, split, X, y, queries, cfg: Settings) -> str:
+    """Re-run every method on seeded further-training samples of the final model; attach
+    each method's score distribution to its run. Returns the sampler in words."""
+    import tdakit as tda
+    from tdakit.reliability import Drawn, FurtherTraining, score_distribution
+
+    recipe = tda.TrainingRecipe(
+        "mlp",
+        model_kwargs={"hidden": cfg.hidden},
+        in_shape=tuple(split.image_shape),
+        num_classes=split.num_classes,
+        lr=0.05,
+        momentum=0.9,
+        batch_size=64,
+        epochs=cfg.epochs,
+    )
+    serial = tda.Executor(backend="serial", progress=False)
+    sampler = FurtherTraining(
+        recipe, cfg.reliability_samples, steps=1, lr_scale=0.1, seed=cfg.seed, executor=serial
+    )
+    task = next(r.method for r in runs if r.method is not None).task
+    drawn = Drawn(list(sampler.draw(task, (X, y))))
+    bar = tqdm(runs, desc="reliability", disable=not cfg.progress, leave=False)
+    for run in bar:
+        if run.method is not None:
+            bar.set_postfix_str(run.name)
+            run.reliability = score_distribution(run.method, drawn, (X, y), queries)
+    bar.close()
+    return (
+        f"one epoch of further training of the final model at a tenth of the learning "
+        f"rate, {cfg.reliability_samples} batch-order seeds"
+    )
+
+
+def _run(out: Path, split: DataSplit, cfg: Settings, t0: float) -> Path:
     from tdakit.models import build_model
     from tdakit.report.demo_report import build_demo_report
     from tdakit.training import train_model
 
-    model = build_model("mlp", split.image_shape, split.num_classes, seed=seed, hidden=hidden)
-    model = model.to(dev)
-    every = max(1, epochs // n_checkpoints)
+    dev = torch.device(cfg.device) if cfg.device is not None else torch.device("cpu")
+    X, y = split.X_train, split.y_train
+    model = build_model(
+        "mlp", split.image_shape, split.num_classes, seed=cfg.seed, hidden=cfg.hidden
+    ).to(dev)
+    every = max(1, cfg.epochs // cfg.n_checkpoints)
     trained = train_model(
         model,
         X,
         y,
-        epochs=epochs,
+        epochs=cfg.epochs,
         lr=0.05,
         batch_size=64,
-        seed=seed,
+        seed=cfg.seed,
         checkpoint_every=every,
-        progress=progress,
+        progress=cfg.progress,
     )
     with torch.no_grad():
         logits = model(split.X_test.to(dev)).cpu()
     pred = logits.argmax(1)
     accuracy = float((pred == split.y_test).double().mean())
-    query_idx = pick_queries(split.y_test, pred, n_queries, seed)
+    query_idx = pick_queries(split.y_test, pred, cfg.n_queries, cfg.seed)
     queries = (split.X_test[query_idx], split.y_test[query_idx])
-
     ctx = DemoContext(
         task=Task(model, loss="cross_entropy"),
-        checkpoints=trained.checkpoints[-n_checkpoints:],
-        checkpoint_lrs=trained.checkpoint_lrs[-n_checkpoints:],
-        seed=seed,
-        progress=progress,
+        checkpoints=trained.checkpoints[-cfg.n_checkpoints :],
+        checkpoint_lrs=trained.checkpoint_lrs[-cfg.n_checkpoints :],
+        seed=cfg.seed,
+        progress=cfg.progress,
     )
-    runs = _run_methods(METHODS if methods is None else methods, ctx, (X, y), queries)
-    ck_epochs = [every * (i + 1) for i in range(len(trained.checkpoints))][-n_checkpoints:]
+    runs = _run_methods(list(cfg.methods or METHODS), ctx, (X, y), queries)
+    sampler = ""
+    if cfg.reliability_samples and any(r.method is not None for r in runs):
+        sampler = _reliability(runs, model, split, X, y, queries, cfg)
+    ck_epochs = [every * (i + 1) for i in range(len(trained.checkpoints))][-cfg.n_checkpoints :]
     result = DemoResult(
         config={
-            "dataset": f"scikit-learn digits (8x8 images), split seed {seed}",
+            "dataset": f"scikit-learn digits (8x8 images), split seed {cfg.seed}",
             "training examples": len(X),
             "test examples": len(split.X_test),
-            "model": f"MLP 64-{'-'.join(map(str, hidden))}-10 (ReLU)",
+            "model": f"MLP 64-{'-'.join(map(str, cfg.hidden))}-10 (ReLU)",
             "parameters": ctx.task.num_params,
-            "training": f"SGD lr=0.05 momentum=0.9, batch 64, {epochs} epochs",
+            "training": f"SGD lr=0.05 momentum=0.9, batch 64, {cfg.epochs} epochs",
             "checkpoints (TracIn, TRAK)": "after epochs " + ", ".join(map(str, ck_epochs)),
-            "seed": seed,
+            "reliability samples": sampler or "none",
+            "seed": cfg.seed,
             "device": str(dev),
         },
         split=split,
@@ -404,13 +331,15 @@ def _run(
         predictions=pred[query_idx],
         probabilities=logits[query_idx].softmax(1),
         runs=runs,
+        sampler=sampler,
     )
     result.seconds = time.perf_counter() - t0
-    report = build_demo_report(result, top_k)
-
+    report = build_demo_report(result, cfg.top_k)
     done = [r for r in runs if r.scores is not None]
     payload = {
         "scores": {r.name: r.scores.float() for r in done},
+        "reliable": {r.name: r.reliability.reliable for r in done if r.reliability is not None},
+        "snr": {r.name: r.reliability.snr.float() for r in done if r.reliability is not None},
         "query_indices": query_idx,
         "queries": queries,
         "predictions": result.predictions,
