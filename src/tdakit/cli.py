@@ -88,6 +88,137 @@ def demo(
     )
 
 
+bench_app = typer.Typer(help="Benchmark suites and the leaderboard.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("list")
+def bench_list() -> None:
+    """List the built-in suites."""
+    from tdakit.suites import builtin_names, load
+
+    for name in builtin_names():
+        typer.echo(f"{name}: {load(name).description}")
+
+
+@bench_app.command("run")
+@friendly_errors
+def bench_run(
+    suite: str = typer.Argument(..., help="A built-in suite name or a suite .toml file."),
+    out: Path = typer.Option(Path("tdakit-bench"), "--out", "-o", help="Output directory."),
+    cache: Path = typer.Option(None, "--cache", help="Cache directory (default OUT/cache)."),
+    backend: str = typer.Option("serial", "--backend", help="serial, local or ray."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Workers of the local backend."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run one suite: results.csv, results.json and report.html in OUT/<suite>."""
+    from tdakit import bench
+    from tdakit.execution import Executor
+
+    result = bench.run(
+        suite,
+        out,
+        cache_dir=cache,
+        executor=Executor(backend, workers, progress=not quiet),
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{result.suite.name}: {len(result.rows)} results in {result.seconds:.1f} s; "
+        f"report: {(Path(out) / result.suite.name / 'report.html').resolve()}"
+    )
+
+
+@bench_app.command("leaderboard")
+@friendly_errors
+def bench_leaderboard(
+    out: Path = typer.Option(Path("docs/leaderboard.md"), "--out", "-o", help="Markdown file."),
+    work: Path = typer.Option(Path("tdakit-bench"), "--work", help="Suite outputs and cache."),
+    suites: list[str] = typer.Option(None, "--suite", help="Only these suites (repeatable)."),
+    backend: str = typer.Option("serial", "--backend", help="serial, local or ray."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run every suite and regenerate the leaderboard (stamped with commit and machine)."""
+    from tdakit import bench
+    from tdakit.execution import Executor
+
+    path = bench.leaderboard(
+        suites or None,
+        out,
+        work_dir=work,
+        executor=Executor(backend, progress=not quiet),
+        progress=not quiet,
+    )
+    typer.echo(f"leaderboard: {path.resolve()}")
+
+
+def _options(pairs: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values parsed as JSON when they can be (numbers, lists, ...)."""
+    import json
+
+    out: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TdakitError(f"--option takes key=value, got {pair!r}.")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+@app.command()
+@friendly_errors
+def attribute(
+    model: str = typer.Option(..., "--model", help="Model factory: package.module:function."),
+    weights: Path = typer.Option(None, "--weights", help="State dict (.pt/.pth/.safetensors)."),
+    train: str = typer.Option(
+        ...,
+        "--train",
+        help="Training data: .npz, .pt, .csv, an image folder, or package.module:function.",
+    ),
+    queries: str = typer.Option(..., "--queries", help="Query data (same forms as --train)."),
+    method: str = typer.Option("grad_dot", "--method", help="A registered method name."),
+    option: list[str] = typer.Option(
+        None, "--option", help="Method option key=value (repeatable), e.g. --option projection=256."
+    ),
+    loss: str = typer.Option("cross_entropy", "--loss", help="cross_entropy or mse."),
+    k: int = typer.Option(10, "--k", min=1, help="Proponents and opponents per query."),
+    reliability: int = typer.Option(
+        0,
+        "--reliability",
+        min=0,
+        help="Laplace posterior samples behind a verdict per explanation (0 = none).",
+    ),
+    out: Path = typer.Option(Path("tdakit-attribution"), "--out", "-o", help="Output dir."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Attribute your own saved model on your own data: top-k proponents and opponents as
+    CSV and JSON, and an HTML report."""
+    from tdakit.attribute import attribute as run
+
+    if reliability == 1:
+        raise TdakitError("--reliability needs at least 2 samples (or 0 for none).")
+    summary = run(
+        model,
+        None if weights is None else str(weights),
+        train,
+        queries,
+        out,
+        method=method,
+        options=_options(option),
+        loss=loss,
+        k=k,
+        reliability=reliability,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{summary['method']['method']}: top-{k} for {len(summary['proponents'])} "
+        f"queries over {summary['n_train']} training examples; "
+        f"report: {(Path(out) / 'report.html').resolve()}"
+    )
+
+
 @app.command()
 def version() -> None:
     """Print the tdakit and torch versions."""

@@ -2,7 +2,7 @@
 every attribution method (each with its reliability verdicts), and write an HTML report."""
 
 from tdakit.demo.entries import INFLUENCE_DAMPING, METHODS, DemoContext, MethodEntry
-from tdakit.demo.run import DemoResult, MethodRun, pick_queries, prepare_output_dir, run_demo
+from tdakit.demo.run import DemoResult, MethodRun, pick_queries, run_demo
 
 __all__ = [
     "INFLUENCE_DAMPING",
@@ -12,6 +12,5 @@ __all__ = [
     "MethodEntry",
     "MethodRun",
     "pick_queries",
-    "prepare_output_dir",
     "run_demo",
 ]

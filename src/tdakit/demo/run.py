@@ -7,7 +7,6 @@ projections), runs offline, and takes well under a minute on two CPU cores.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -19,11 +18,11 @@ from tqdm.auto import tqdm
 
 from tdakit.data import DataSplit
 from tdakit.demo.entries import METHODS, DemoContext, MethodEntry
-from tdakit.errors import StoreError, require
-from tdakit.storage.fileio import atomic_write
+from tdakit.errors import require
+from tdakit.storage.fileio import atomic_write, prepare_output_dir
 from tdakit.task import Task
 
-__all__ = ["DemoResult", "MethodRun", "pick_queries", "prepare_output_dir", "run_demo"]
+__all__ = ["DemoResult", "MethodRun", "pick_queries", "run_demo"]
 
 
 @dataclass
@@ -215,25 +214,6 @@ def _demo(out_dir: str | Path, cfg: Settings) -> Path:
         if created:
             shutil.rmtree(out, ignore_errors=True)
         raise
-
-
-def prepare_output_dir(out: Path) -> bool:
-    """Create ``out`` (if needed) and check that it is writable, before any work is done.
-    Returns whether it was created here."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".tdakit-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise StoreError(
-            f"Cannot write to the output directory {str(out)!r} ({err.strerror or err}); "
-            "choose a writable directory with --out."
-        ) from err
-    return created
 
 
 def _reliability(runs: list[MethodRun], model, split, X, y, queries, cfg: Settings) -> str:

@@ -67,8 +67,13 @@ def save_result(path: Path, key: str, name: str, result: Any) -> None:
 
     tensors: dict[str, torch.Tensor] = {}
     tree = _encode(result, tensors)
-    meta = {"format": FORMAT, "version": VERSION, "key": key, "name": name,
-            "tree": json.dumps(tree)}  # fmt: skip
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "key": key,
+        "name": name,
+        "tree": json.dumps(tree),
+    }
     blob = save(tensors, metadata=meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: f.write(blob))

@@ -36,9 +36,13 @@ class GradientFeatures:
 
     def _featurize(self, batch: Batch, objective: str) -> torch.Tensor:
         return batch_gradients(
-            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-            projector=self.projector, start=batch.start,  # type: ignore[arg-type]
-        )  # fmt: skip
+            self.task,
+            batch.inputs,
+            batch.targets,
+            objective=objective,  # type: ignore[arg-type]
+            projector=self.projector,
+            start=batch.start,  # type: ignore[arg-type]
+        )
 
     def _own_features(self) -> bool:
         """Whether the rows are these gradients (TracIn concatenates its own)."""
@@ -53,9 +57,14 @@ class GradientFeatures:
         if not self._own_features():
             return super()._featurize_into(batch, objective, out)  # type: ignore[misc]
         batch_gradients(
-            self.task, batch.inputs, batch.targets, objective=objective,  # type: ignore[arg-type]
-            projector=self.projector, out=out, start=batch.start,  # type: ignore[arg-type]
-        )  # fmt: skip
+            self.task,
+            batch.inputs,
+            batch.targets,
+            objective=objective,  # type: ignore[arg-type]
+            projector=self.projector,
+            out=out,
+            start=batch.start,  # type: ignore[arg-type]
+        )
 
     @property
     def gradient_path(self) -> dict[str, str | None]:

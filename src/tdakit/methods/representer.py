@@ -218,8 +218,9 @@ class RepresenterPoints(FeatureMethod):
             while t >= 1e-4 and not accepted:
                 trial = W + t * step
                 g_trial = grad_fn(trial, H, y)
-                accepted = float(self._objective(trial, H, y)) < f0 or float(
-                    g_trial.abs().max()) < g0  # fmt: skip
+                accepted = (
+                    float(self._objective(trial, H, y)) < f0 or float(g_trial.abs().max()) < g0
+                )
                 t /= 2
             if not accepted:
                 break

@@ -226,13 +226,64 @@ def _make_linear(in_shape: tuple[int, ...], num_classes: int, **kw: object) -> n
     return LinearModel(math.prod(in_shape), num_classes, **kw)  # type: ignore[arg-type]
 
 
+class TinyBert(nn.Module):
+    """A Hugging Face BERT classifier built from a config (no download) on token ids
+    ``[B, T]``, 0 = padding (masked out); returns the logits. Needs ``transformers``."""
+
+    def __init__(
+        self,
+        seq_len: int,
+        num_classes: int,
+        vocab: int = 64,
+        hidden: int = 16,
+        layers: int = 1,
+        heads: int = 2,
+    ) -> None:
+        super().__init__()
+        try:
+            from transformers import BertConfig, BertForSequenceClassification
+        except ImportError as err:
+            raise ConfigError(
+                "The tiny_bert model needs transformers: pip install transformers (no weights "
+                "are downloaded: the model is built from a config)."
+            ) from err
+        config = BertConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=seq_len,
+            num_labels=num_classes,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+        self.bert = BertForSequenceClassification(config)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        ids = ids.long()
+        return self.bert(input_ids=ids, attention_mask=(ids != 0).long()).logits
+
+
+def _make_tiny_bert(in_shape: tuple[int, ...], num_classes: int, **kw: object) -> nn.Module:
+    require(len(in_shape) == 1, f"tiny_bert needs in_shape=(seq_len,), got {in_shape}.")
+    return TinyBert(in_shape[0], num_classes, **kw)  # type: ignore[arg-type]
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "linear": _make_linear,
     "mlp": _make_mlp,
     "lenet": _make_lenet,
     "resnet9": _make_resnet9,
+    "tiny_bert": _make_tiny_bert,
 }
-_OPTIONS = {"linear": "none", "mlp": "hidden, activation", "lenet": "none", "resnet9": "width"}
+_OPTIONS = {
+    "linear": "none",
+    "mlp": "hidden, activation",
+    "lenet": "none",
+    "resnet9": "width",
+    "tiny_bert": "vocab, hidden, layers, heads",
+}
 
 
 def build_model(

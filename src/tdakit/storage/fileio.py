@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -22,7 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from tdakit.errors import ConfigError
+from tdakit.errors import ConfigError, StoreError
 
 _STALE_SECONDS = 24 * 3600  # temp files of other hosts older than this are removed
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -141,3 +142,22 @@ def file_sha256(path: Path) -> str:
         for block in iter(functools.partial(f.read, 1 << 20), b""):
             sha.update(block)
     return sha.hexdigest()
+
+
+def prepare_output_dir(out: Path) -> bool:
+    """Create ``out`` (if needed) and check that it is writable, before any work is done.
+    Returns whether it was created here."""
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".tdakit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise StoreError(
+            f"Cannot write to the output directory {str(out)!r} ({err.strerror or err}); "
+            "choose a writable directory with --out."
+        ) from err
+    return created
