@@ -118,16 +118,19 @@ def test_counterfactual_sensitivity_classification_flips_and_entropy():
         logits = Xq.numpy()[q] @ ridge(X.numpy()[idx], np.eye(3)[y.numpy()[idx]])
         p = np.exp(logits - logits.max())
         p /= p.sum()
-        return -np.log(p[yq[q]]), logits.argmax(), -(p * np.log(p)).sum()
+        return -np.log(p[yq[q]]), logits.argmax(), -(p * np.log(p)).sum(), p
 
+    delta_p = []
     for q in range(len(Xq)):
-        l0, p0, h0 = evaluate(np.arange(n), q)
-        l1, p1, h1 = evaluate(recipe.calls[1 + 2 * q], q)
+        l0, p0, h0, probs0 = evaluate(np.arange(n), q)
+        l1, p1, h1, probs1 = evaluate(recipe.calls[1 + 2 * q], q)
+        delta_p.append(probs1[p0] - probs0[p0])
         assert set(_kept_removed(recipe.calls[1 + 2 * q], n)) == set(top[q].tolist())
         assert r.per_query[q] == pytest.approx(l1 - l0)
         assert r.details["flips"][q] == float(p1 != p0)
         assert r.details["delta_entropy_per_query"][q] == pytest.approx(h1 - h0)
     assert r.details["flip_rate"] == pytest.approx(float(r.details["flips"].mean()))
+    assert r.details["delta_prob"] == pytest.approx(float(np.mean(delta_p)))
     assert "flip_rate_random" in r.details and "delta_entropy_random_ci" in r.details
     summary = json.loads(json.dumps(r.to_dict()))  # reports can serialise every field
     assert summary["details"]["vs_random"]["n"] == len(Xq)

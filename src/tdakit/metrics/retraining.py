@@ -58,6 +58,7 @@ def _evaluate(out: Tensor, y: Tensor, loss_fn: Callable) -> dict[str, Tensor]:
         logp = torch.log_softmax(out, dim=1)
         res["pred"] = out.argmax(1)
         res["entropy"] = -(logp.exp() * logp).sum(1)
+        res["probs"] = logp.exp()
     return res
 
 
@@ -92,7 +93,8 @@ def counterfactual_sensitivity(
     ``S_or_idx``: scores ``[n_query, n_train]`` or ranked indices ``[n_query, >=k]``.
     ``loss``: per-example ``loss(outputs, targets)``; defaults to ``recipe.loss`` or
     cross-entropy. ``details``: ``random`` (same statistics for random-k), ``vs_random``
-    (paired comparison of the loss change), ``flip_rate``, ``delta_entropy`` and their
+    (paired comparison of the loss change), ``flip_rate``, ``delta_entropy``,
+    ``delta_prob`` (change of the full model's predicted-class probability) and their
     random counterparts, each with a bootstrap CI over queries.
     """
     recipe = as_recipe(recipe)
@@ -149,6 +151,10 @@ def counterfactual_sensitivity(
             details[f"delta_entropy{suffix}"] = float(delta_h.mean())
             details[f"delta_entropy{suffix}_ci"] = bootstrap_ci(delta_h, **kw)
             details[f"flips{suffix}"], details[f"delta_entropy{suffix}_per_query"] = flips, delta_h
+            # change in the probability of the class the full-data model predicted
+            delta_p = (after["probs"] - full["probs"]).gather(1, full["pred"][:, None]).squeeze(1)
+            details[f"delta_prob{suffix}"] = float(delta_p.mean())
+            details[f"delta_prob{suffix}_ci"] = bootstrap_ci(delta_p, **kw)
     details["random"] = results["random"]
     details["vs_random"] = compare(results["method"], results["random"], **kw)
     r = results["method"]

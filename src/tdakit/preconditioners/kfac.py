@@ -38,7 +38,7 @@ from tdakit.preconditioners.exact import as_dtype, dtype_name
 from tdakit.preconditioners.operators import forward_ad_kernels, output_hessians
 from tdakit.task import Task
 
-_CHUNK_ELEMENTS = 2**24  # cap on per-example [chunk, out, in] tensors (EK-FAC)
+_CHUNK_ELEMENTS = 2**22  # cap on per-example [chunk, out, in] tensors (EK-FAC)
 
 
 @dataclass
