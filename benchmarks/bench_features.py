@@ -1,9 +1,11 @@
 """Featurisation and scoring throughput, as ratios measured in one run.
 
-- featurisation: per-example gradient features (tdakit) vs a plain batched forward+backward
-  pass of the same model on the same batches (target ratio >= 0.4);
-- scoring: tdakit's blockwise scores and streaming top-k vs one plain matrix product of the
-  same size.
+- featurisation: per-example gradient features (tdakit: ``batch_gradients`` over the
+  batches of a data source, written into one ``[N, d]`` buffer, as a feature method keeps
+  its training features in memory) vs a plain batched forward+backward pass of the same
+  model on the same batches (target ratio >= 0.4);
+- scoring: tdakit's blockwise scores (assembled from score blocks) and streaming top-k (the
+  ``TopK`` accumulator) vs one plain matrix product of the same size.
 
 Run: .venv/bin/python benchmarks/bench_features.py [--quick]
 """
@@ -18,9 +20,12 @@ from collections.abc import Callable
 import torch
 
 import tdakit as tda
-from tdakit.features import gradient_features
+from tdakit.data.sources import Source, as_source
+from tdakit.features import batch_gradients
 from tdakit.models import MLP, LeNet, ResNet9
-from tdakit.scoring import dense_scores, streaming_top_k
+from tdakit.scoring import TopK, row_blocks
+
+BlockScorer = Callable[[int, int], torch.Tensor]
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> float:
@@ -31,6 +36,51 @@ def best_of(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def gradient_features(
+    task: tda.Task,
+    source: Source,
+    batch_size: int,
+    projector: tda.Projector | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``[N, d]`` per-example gradient features of ``source``, batch by batch."""
+    if out is None:
+        dim = task.num_params if projector is None else projector.dim
+        out = torch.empty(len(source), dim, dtype=task.dtype, device=task.device)
+    for b in source.batches(task, batch_size):
+        batch_gradients(
+            task,
+            b.inputs,
+            b.targets,
+            projector=projector,
+            out=out[b.start : b.stop],
+            start=b.start,
+        )
+    return out
+
+
+def dense_scores(score_block: BlockScorer, n_query: int, n_train: int, block: int) -> torch.Tensor:
+    """``[n_query, n_train]`` assembled from blocks of training columns (as ``scores``)."""
+    out = None
+    for start, stop in row_blocks(n_train, block):
+        s = score_block(start, stop)
+        if out is None:
+            out = torch.empty(n_query, n_train, dtype=s.dtype, device=s.device)
+        out[:, start:stop] = s
+    assert out is not None
+    return out
+
+
+def streaming_top_k(
+    score_block: BlockScorer, n_train: int, k: int, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` per query merged block by block with ``TopK`` (as ``top_k``)."""
+    top = TopK(k)
+    for start, stop in row_blocks(n_train, block):
+        top.update(start, score_block(start, stop))
+    return top.result()
 
 
 def featurisation(repeats: int, quick: bool) -> list[tuple]:
@@ -47,6 +97,7 @@ def featurisation(repeats: int, quick: bool) -> list[tuple]:
         X = torch.rand(n, *shape, generator=gen)
         y = torch.randint(0, 10, (n,), generator=gen)
         task = tda.Task(model)
+        source = as_source((X, y), "train")
         out = torch.empty(n, task.num_params)
 
         def plain(model=model, X=X, y=y, bs=bs) -> None:
@@ -54,13 +105,13 @@ def featurisation(repeats: int, quick: bool) -> list[tuple]:
                 model.zero_grad()
                 torch.nn.functional.cross_entropy(model(X[s : s + bs]), y[s : s + bs]).backward()
 
-        def feats(task=task, X=X, y=y, bs=bs, out=out) -> None:
-            gradient_features(task, X, y, batch_size=bs, out=out)
+        def feats(task=task, source=source, bs=bs, out=out) -> None:
+            gradient_features(task, source, bs, out=out)
 
         proj = tda.Projector(512, kind="sjlt", seed=0)
 
-        def feats_sjlt(task=task, X=X, y=y, bs=bs, proj=proj) -> None:
-            gradient_features(task, X, y, batch_size=bs, projector=proj)
+        def feats_sjlt(task=task, source=source, bs=bs, proj=proj) -> None:
+            gradient_features(task, source, bs, projector=proj)
 
         t_plain = best_of(plain, repeats)
         t_feat = best_of(feats, repeats)

@@ -6,6 +6,8 @@ solver uses the GGN (K-FAC's curvature) with the same absolute damping, so the e
 GGN solve is the reference. Reported per solver: wall time of ``fit`` + ``scores``, the
 ratio to one plain forward+backward pass over the 1000 training examples, the mean
 per-query Spearman correlation with the reference scores and the relative Frobenius error.
+Methods are built from registry configurations (``tda.methods.from_config``); solver
+options live in the solver's own dict (the options of ``tda.solvers.CG`` etc.).
 
 Run: .venv/bin/python benchmarks/bench_influence.py [--quick] [--out docs/benchmarks-influence.md]
 """
@@ -23,9 +25,9 @@ import torch
 
 import tdakit as tda
 from tdakit.data import load_digits
-from tdakit.fileio import atomic_write
 from tdakit.models import MLP
-from tdakit.train import train_model
+from tdakit.storage import atomic_write
+from tdakit.training import train_model
 
 
 def spearman_rows(A: torch.Tensor, B: torch.Tensor) -> float:
@@ -68,28 +70,34 @@ def main() -> None:
     task = tda.Task(model)
     lam, batch = 1e-2, 1000  # one batch per pass: curvature products are overhead-bound
     fb = forward_backward_time(model, X, y)
+    # solver configurations (tda.solvers.<Name>(**options) as plain data)
     solvers = [
-        ("exact (GGN, reference)", dict(solver="exact")),
-        ("projected k=1024 (GGN)", dict(solver="projected", projection=1024)),
-        ("cg (tol 1e-4, <= 100 it)", dict(solver="cg", tol=1e-4, max_iter=100)),
-        ("arnoldi rank 50", dict(solver="arnoldi", rank=50)),
-        ("lissa (depth 200, batch 256)", dict(solver="lissa", depth=200, lissa_batch_size=256)),
-        ("kfac", dict(solver="kfac")),
-        ("ekfac", dict(solver="ekfac")),
-        ("datainf (empirical Fisher)", dict(solver="datainf")),
+        ("exact (GGN, reference)", {"name": "exact"}),
+        ("projected k=1024 (GGN)", {"name": "projected", "dim": 1024}),
+        ("cg (tol 1e-4, <= 100 it)", {"name": "cg", "tol": 1e-4, "max_iter": 100}),
+        ("arnoldi rank 50", {"name": "arnoldi", "rank": 50}),
+        ("lissa (depth 200, batch 256)", {"name": "lissa", "depth": 200, "batch_size": 256}),
+        ("kfac", {"name": "kfac"}),
+        ("ekfac", {"name": "ekfac"}),
+        ("datainf (empirical Fisher)", {"name": "datainf"}),
     ]
     if args.quick:
-        solvers[2] = ("cg (tol 1e-3, <= 20 it)", dict(solver="cg", tol=1e-3, max_iter=20))
+        solvers[2] = ("cg (tol 1e-3, <= 20 it)", {"name": "cg", "tol": 1e-3, "max_iter": 20})
         solvers[4] = (
             "lissa (depth 50, batch 256)",
-            dict(solver="lissa", depth=50, lissa_batch_size=256),
+            {"name": "lissa", "depth": 50, "batch_size": 256},
         )
     rows, ref = [], None
-    for name, kw in solvers:
-        curvature = None if kw["solver"] in ("kfac", "ekfac", "datainf") else "ggn"
-        method = tda.InfluenceFunction(
-            task, curvature=curvature, damping=lam, batch_size=batch, **kw
-        )
+    for name, solver in solvers:
+        curvature = None if solver["name"] in ("kfac", "ekfac", "datainf") else "ggn"
+        config = {
+            "method": "influence",
+            "solver": solver,
+            "curvature": curvature,
+            "damping": lam,
+            "batch_size": batch,
+        }
+        method = tda.methods.from_config(config, task)
         notes = ""
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:

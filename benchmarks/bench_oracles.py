@@ -7,7 +7,9 @@
 3. Further training (digits MLP): cosine (and Spearman) between the gold standard and
    Grad-Dot / Grad-Cos / influence, as a function of the amount of further training t.
 
-Ground truth is cached (``--cache``), so a rerun only recomputes what changed.
+Ground truth is cached (``--cache``), so a rerun only recomputes what changed. Oracles run
+through ``tdakit.execution`` (``Executor``, ``Job``) with recipes from ``tdakit.training``;
+methods are built from registry configurations (``tda.methods.from_config``).
 Run: .venv/bin/python benchmarks/bench_oracles.py [--quick] [--out docs/benchmarks-groundtruth.md]
 """
 
@@ -26,15 +28,14 @@ import torch
 import tdakit as tda
 from tdakit import metrics
 from tdakit.data import load_digits, load_fashion_mnist
+from tdakit.execution import Executor, Job
 from tdakit.groundtruth import (
-    Executor,
-    Job,
-    TrainingRecipe,
     further_training,
     leave_one_out,
     seed_ensemble,
     subset_retraining,
 )
+from tdakit.training import TrainingRecipe
 
 DIGITS = TrainingRecipe(
     "mlp",
@@ -97,32 +98,33 @@ def timing(split, k: int, m: int, ray: bool) -> list[str]:
 
 
 def methods(task: tda.Task, run, ensemble, recipe: TrainingRecipe, big: bool) -> dict:
-    """Every available method, fitted later on the same training data."""
-    out = {
-        "Grad-Dot": tda.GradDot(task),
-        "Grad-Cos": tda.GradCos(task),
-        "TracIn-CP": tda.TracIn(task, run.checkpoints, run.checkpoint_lrs),
-        "Representation sim.": tda.RepresentationSimilarity(task),
-        "Random": tda.RandomBaseline(task, seed=0),
+    """Every available method, fitted later on the same training data: built from its
+    registry configuration, with the objects a configuration leaves out (checkpoints)."""
+    influence = (
+        {"method": "influence", "solver": "ekfac", "damping": 1e-3}
+        if big
+        else {"method": "influence", "solver": "exact", "curvature": "ggn", "damping": 1e-3}
+    )
+    specs = {
+        "Grad-Dot": ({"method": "grad_dot"}, {}),
+        "Grad-Cos": ({"method": "grad_cos"}, {}),
+        "TracIn-CP": (
+            {"method": "tracin", "lrs": list(run.checkpoint_lrs)},
+            {"checkpoints": run.checkpoints},
+        ),
+        "Representation sim.": ({"method": "representation_similarity"}, {}),
+        "Random": ({"method": "random", "seed": 0}, {}),
+        "Influence (EK-FAC)" if big else "Influence (exact GGN)": (influence, {}),
+        f"TRAK ({len(ensemble.states)} models)": (
+            {"method": "trak", "projection": 512},
+            {"checkpoints": ensemble.states},
+        ),
+        "Representer points": ({"method": "representer", "l2": 1e-3}, {}),
     }
-    if hasattr(tda, "InfluenceFunction"):
-        if big:
-            out["Influence (EK-FAC)"] = tda.InfluenceFunction(task, solver="ekfac", damping=1e-3)
-        else:
-            out["Influence (exact GGN)"] = tda.InfluenceFunction(
-                task, solver="exact", curvature="ggn", damping=1e-3
-            )
-    if hasattr(tda, "TRAK"):
-        out[f"TRAK ({len(ensemble.states)} models)"] = tda.TRAK(
-            task, checkpoints=ensemble.states, projection=512
-        )
-    try:
-        from tdakit.methods.representer import RepresenterPoints
-
-        out["Representer points"] = RepresenterPoints(task, l2=1e-3)
-    except ImportError:
-        pass
-    return out
+    return {
+        label: tda.methods.from_config(config, task, **objects)
+        for label, (config, objects) in specs.items()
+    }
 
 
 def quality(name, split, recipe, n_query, k, m, n_models, executor) -> tuple[list[str], dict]:

@@ -10,6 +10,10 @@ models (alpha = 0.5, margin measurement) for TRAK with M = 1, 4, 8 recipe-traine
 (random halves) and M = 8 on all data, representer points, Grad-Dot and EK-FAC
 influence on the single model.
 
+The K-FAC / EK-FAC steps time the solver objects (``tda.solvers.KFAC()`` / ``EKFAC()``)
+fitted on a ``Curvature`` (GGN of the training source) and applied to gradient rows; the
+methods are built from registry configurations (``tda.methods.from_config``).
+
 Run: .venv/bin/python benchmarks/bench_trak_kfac.py [--lds] [--out docs/benchmarks-trak-kfac.md]
 """
 
@@ -26,11 +30,12 @@ import torch
 
 import tdakit as tda
 from bench_influence import forward_backward_time
-from tdakit.curvature.kfac import KFAC
 from tdakit.data import load_digits
-from tdakit.features.grads import gradient_features
+from tdakit.data.sources import as_source
+from tdakit.features import batch_gradients
 from tdakit.models import MLP, LeNet
-from tdakit.train import train_model
+from tdakit.preconditioners import EKFAC, KFAC, Curvature
+from tdakit.training import train_model
 
 NOTES = [
     "Notes: K-FAC back-propagates the C = 10 columns of the loss Hessian's square root per "
@@ -48,6 +53,24 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, out
 
 
+def fit_kfac(task: tda.Task, X, y, eigen_correction: bool = False, **kw) -> KFAC:
+    """K-FAC (EK-FAC) fitted on the GGN of the mean loss over ``(X, y)``."""
+    solver = EKFAC() if eigen_correction else KFAC()
+    return solver.fit(Curvature(task, as_source((X, y), "train"), "ggn", **kw))
+
+
+def gradient_features(task: tda.Task, X, y, batch_size: int = 128) -> torch.Tensor:
+    """``[N, P]`` per-example training-loss gradients, batch by batch."""
+    out = torch.empty(len(X), task.num_params, dtype=task.dtype, device=task.device)
+    for b in as_source((X, y), "train").batches(task, batch_size):
+        batch_gradients(task, b.inputs, b.targets, out=out[b.start : b.stop], start=b.start)
+    return out
+
+
+def method(config: dict, task: tda.Task, **objects) -> tda.AttributionMethod:
+    return tda.methods.from_config(config, task, **objects)
+
+
 def timing_rows(X, y, Xq, yq) -> tuple[list[tuple[str, float, float]], float, int]:
     model = MLP(64, 10, hidden=(64,))
     train_model(model, X, y, epochs=30, lr=0.05, seed=0, progress=False)
@@ -62,54 +85,57 @@ def timing_rows(X, y, Xq, yq) -> tuple[list[tuple[str, float, float]], float, in
         return out
 
     kw = dict(damping=1e-2, batch_size=256)
+    trak, representer = {"method": "trak"}, {"method": "representer"}
     # warm-up on a few examples (first calls of torch.func transforms are slow)
-    KFAC(task, eigen_correction=True, **kw).fit(X[:16], y[:16])
-    tda.TRAK(task, checkpoints=[model]).fit((X[:16], y[:16])).scores((Xq[:2], yq[:2]))
-    tda.RepresenterPoints(task).fit((X[:16], y[:16])).scores((Xq[:2], yq[:2]))
-    kfac = add("MLP K-FAC fit", lambda: KFAC(task, **kw).fit(X, y))
-    add("MLP EK-FAC fit", lambda: KFAC(task, eigen_correction=True, **kw).fit(X, y))
+    fit_kfac(task, X[:16], y[:16], eigen_correction=True, **kw)
+    method(trak, task, checkpoints=[model]).fit((X[:16], y[:16])).scores((Xq[:2], yq[:2]))
+    method(representer, task).fit((X[:16], y[:16])).scores((Xq[:2], yq[:2]))
+    kfac = add("MLP K-FAC fit", lambda: fit_kfac(task, X, y, **kw))
+    add("MLP EK-FAC fit", lambda: fit_kfac(task, X, y, eigen_correction=True, **kw))
     G = gradient_features(task, X, y)
     add("MLP K-FAC apply to 1000 gradients", lambda: kfac.apply(G))
     add(
         "MLP TRAK M=1 (k=512) fit + scores",
-        lambda: tda.TRAK(task, checkpoints=[model]).fit((X, y)).scores((Xq, yq)),
+        lambda: method(trak, task, checkpoints=[model]).fit((X, y)).scores((Xq, yq)),
     )
     add(
         "MLP representer fit + scores",
-        lambda: tda.RepresenterPoints(task).fit((X, y)).scores((Xq, yq)),
+        lambda: method(representer, task).fit((X, y)).scores((Xq, yq)),
     )
     Xi = X.reshape(-1, 1, 8, 8)
     lenet = LeNet(1, 10, image_size=8)
     train_model(lenet, Xi, y, epochs=5, lr=0.05, seed=0, progress=False)
     lt = tda.Task(lenet)
     fb_lenet = forward_backward_time(lenet, Xi, y)
-    add("LeNet K-FAC fit", lambda: KFAC(lt, **kw).fit(Xi, y), fb_lenet)
-    add("LeNet EK-FAC fit", lambda: KFAC(lt, eigen_correction=True, **kw).fit(Xi, y), fb_lenet)
+    add("LeNet K-FAC fit", lambda: fit_kfac(lt, Xi, y, **kw), fb_lenet)
+    add("LeNet EK-FAC fit", lambda: fit_kfac(lt, Xi, y, eigen_correction=True, **kw), fb_lenet)
     return rows, fb, task.num_params, fb_lenet
 
 
 def lds_rows(X, y, Xq, yq) -> list[tuple[str, float, tuple[float, float]]]:
-    from tdakit.groundtruth.recipe import TrainingRecipe
-    from tdakit.groundtruth.subsets import subset_retraining
+    from tdakit.groundtruth import subset_retraining
+    from tdakit.training import TrainingRecipe
 
     recipe = TrainingRecipe("mlp", model_kwargs={"hidden": (64,)}, epochs=30, lr=0.05)
     truth = subset_retraining(recipe, (X, y), (Xq, yq), n_subsets=50, measurement="margin")
     model = recipe.train(X, y, init_seed=0, batch_seed=0)
     task = tda.Task(model, measurement="margin")
-    methods = {}
+    configs: dict[str, tuple[dict, dict]] = {}  # name -> (registry config, runtime objects)
     for m in (1, 4, 8):
-        methods[f"TRAK M={m} (halves)"] = lambda m=m: tda.TRAK(
-            task, recipe=recipe, n_models=m, subset="half"
+        configs[f"TRAK M={m} (halves)"] = (
+            {"method": "trak", "n_models": m, "subset": "half"},
+            {"recipe": recipe},
         )
-    methods["TRAK M=8 (full data)"] = lambda: tda.TRAK(task, recipe=recipe, n_models=8)
-    methods["representer points"] = lambda: tda.RepresenterPoints(task)
-    methods["Grad-Dot"] = lambda: tda.GradDot(task)
-    methods["EK-FAC influence (λ=1e-2)"] = lambda: tda.InfluenceFunction(
-        task, solver="ekfac", damping=1e-2
+    configs["TRAK M=8 (full data)"] = ({"method": "trak", "n_models": 8}, {"recipe": recipe})
+    configs["representer points"] = ({"method": "representer"}, {})
+    configs["Grad-Dot"] = ({"method": "grad_dot"}, {})
+    configs["EK-FAC influence (λ=1e-2)"] = (
+        {"method": "influence", "solver": "ekfac", "damping": 1e-2},
+        {},
     )
     rows = []
-    for name, make in methods.items():
-        S = make().fit((X, y)).scores((Xq, yq))
+    for name, (config, objects) in configs.items():
+        S = method(config, task, **objects).fit((X, y)).scores((Xq, yq))
         res = tda.metrics.lds(S, truth.masks, truth.losses, measurement="margin")
         rows.append((name, res.value, res.ci))
         print(f"{name:30s} LDS {res.value:.3f} {res.ci}")
