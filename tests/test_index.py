@@ -20,9 +20,9 @@ pytest.importorskip("faiss", reason="faiss-cpu is in the test extra")
 pytest.importorskip("pymilvus", reason="pymilvus (Milvus Lite) is in the test extra")
 
 
-def fitted(method_cls=tda.GradDot, n: int = 300, **kw):
+def fitted(method_cls=tda.GradDot, n: int = 300, seed_model: int = 0, **kw):
     X, y = tiny_data(n=n)
-    method = method_cls(tda.Task(tiny_mlp()), **kw).fit((X, y))
+    method = method_cls(tda.Task(tiny_mlp(seed=seed_model)), **kw).fit((X, y))
     return method, (X[:6], y[:6])
 
 
@@ -119,6 +119,9 @@ def test_index_checks():
     trak.fit(tiny_data(n=300))
     with pytest.raises(tda.ConfigError, match="ensemble"):
         trak.build_index("exact")
-    other, _ = fitted(n=200)
-    with pytest.raises(tda.ConfigError, match="rebuild it"):
+    other, _ = fitted(n=200)  # other data: refused before any search
+    with pytest.raises(StoreError, match="different data"):
         other.top_k(queries, 3, index=small)
+    retrained, _ = fitted(seed_model=5)  # same data, another model: refused too
+    with pytest.raises(StoreError, match="different model"):
+        retrained.top_k(queries, 3, index=small)

@@ -201,7 +201,42 @@ def attribute(
     task = tda.Task(net, loss=loss)
     config = {"method": method, **(options or {}), "progress": progress}
     attributor = tda.from_config(config, task)
-    prepare_output_dir(out)
+    created = prepare_output_dir(out)
+    try:
+        return _run(
+            attributor,
+            train_data,
+            query_data,
+            out,
+            model,
+            weights,
+            train,
+            queries,
+            k,
+            reliability,
+            progress,
+        )
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run(
+    attributor,
+    train_data,
+    query_data,
+    out: Path,
+    model,
+    weights,
+    train,
+    queries,
+    k,
+    reliability,
+    progress,
+) -> dict[str, Any]:
     attributor.fit(train_data)
     idx, val = attributor.top_k(query_data, k)
     o_idx, o_val = attributor.top_k(query_data, k, opponents=True)
@@ -286,5 +321,5 @@ def _report(out: Path, attributor, train_data, query_data, dist, k: int) -> None
             verdicts=verdicts,
         )
         if dist is not None:
-            report.add_reliability({"scores": dist}, "Laplace approximation (K-FAC)")
+            report.add_reliability({"scores": dist}, "Laplace approximation (EK-FAC GGN)")
     report.write(out / "report.html")

@@ -178,7 +178,12 @@ def attribute(
         help="Training data: .npz, .pt, .csv, an image folder, or package.module:function.",
     ),
     queries: str = typer.Option(..., "--queries", help="Query data (same forms as --train)."),
-    method: str = typer.Option("grad_dot", "--method", help="A registered method name."),
+    method: str = typer.Option(
+        "grad_dot",
+        "--method",
+        help="A registered method name (not tracin or trak: those "
+        "need training checkpoints; use the Python API).",
+    ),
     option: list[str] = typer.Option(
         None, "--option", help="Method option key=value (repeatable), e.g. --option projection=256."
     ),

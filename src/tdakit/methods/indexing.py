@@ -9,9 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tdakit.errors import ConfigError, require
+from tdakit.errors import ConfigError, StoreError, require
 from tdakit.scoring import check_k
-from tdakit.scoring.index import BACKENDS, ExactIndex, FaissIndex, MilvusIndex, VectorIndex
+from tdakit.scoring.index import (
+    BACKENDS,
+    ExactIndex,
+    FaissIndex,
+    MilvusIndex,
+    VectorIndex,
+    check_meta,
+)
 
 if TYPE_CHECKING:
     from tdakit.methods.feature_method import FeatureMethod
@@ -50,19 +57,36 @@ def build_index(
     elif backend == "faiss":
         require(kind in KINDS["faiss"], f"kind must be one of {tuple(KINDS['faiss'])}.")
         if path is not None and (Path(path) / "meta.json").exists() and not rebuild:
-            return FaissIndex.open(path, expected=meta)
+            index = FaissIndex.open(path, expected=meta)
+            require(
+                index.kind == KINDS["faiss"][kind],
+                f"The FAISS index at {path} is a {index.kind!r} index, not {kind!r}; pass "
+                "rebuild=True to replace it.",
+                StoreError,
+            )
+            return index
         index = FaissIndex(dim, KINDS["faiss"][kind], meta=meta, **options)
     else:
         require(path is not None, "The Milvus backend needs path= (a *.db file or a URI).")
         require(kind in KINDS["milvus"], f"kind must be one of {tuple(KINDS['milvus'])}.")
         if not rebuild:
             try:
-                return MilvusIndex.open(str(path), collection, expected=meta)
+                index = MilvusIndex.open(
+                    str(path), collection, expected=meta, token=options.get("token")
+                )
             except ConfigError:
                 raise
-            except ValueError as err:  # missing (or refused: re-raised below)
-                if "different" in str(err):
+            except StoreError as err:  # missing (rebuilt below) or refused (re-raised)
+                if "No complete Milvus index" not in str(err):
                     raise
+            else:
+                require(
+                    index.index_type == KINDS["milvus"][kind],
+                    f"The Milvus index {collection!r} is {index.index_type}, not {kind!r}; pass "
+                    "rebuild=True to replace it.",
+                    StoreError,
+                )
+                return index
         index = MilvusIndex(
             str(path),
             collection,
@@ -85,6 +109,14 @@ def index_top_k(
     method: FeatureMethod, index: VectorIndex, queries: Any, k: int, opponents: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_k(k, method.n_train)
+    expected = method.__dict__.get("_index_meta")
+    if expected is None or expected[0] is not method.features_:
+        expected = method.__dict__["_index_meta"] = (method.features_, index_meta(method))
+    check_meta(
+        {k: v for k, v in index.meta.items() if k in expected[1]},
+        expected[1],
+        f"the {index.backend} index passed to top_k",
+    )
     require(
         len(index) == method.n_train and index.dim == method._fitted()[0].dim,
         f"The index holds {len(index)} vectors of dim {index.dim}, but the method has "

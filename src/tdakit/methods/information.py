@@ -41,7 +41,8 @@ class InformationLoss(FeatureMethod):
             gradient: a scalar-output GP).
         projection: dimension ``k`` of the projected features (``None``: all parameters).
         prior_precision, noise: of :class:`~tdakit.preconditioners.gp.GaussianPosterior`
-            (``"auto"``: marginal likelihood for Gaussian, unit information otherwise).
+            (``"auto"``: the residual variance and the unit-information rule; see
+            :mod:`tdakit.preconditioners.gp`).
         observed: use the observation-noise (``y_*``) entropy instead of the latent ``f_*``
             (Gaussian likelihood only).
         signed: give scores the sign of the influence direction (else plain nats >= 0).

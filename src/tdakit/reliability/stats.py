@@ -6,7 +6,8 @@ Every pair ``(query q, training example i)`` gets the mean ``mu``, standard devi
 
 - ``test="t"`` (default): one-sample Student t, ``t = mu / (sigma / sqrt(S))``, ``S - 1``
   degrees of freedom, two-sided p-value;
-- ``test="z"``: the stricter rule on the SNR itself, ``p = 2 (1 - Phi(|mu / sigma|))``;
+- ``test="z"``: the rule on the SNR itself, ``p = 2 (1 - Phi(|mu / sigma|))``: stricter
+  than the t-test from four samples on (more lenient with two or three);
 - ``correction``: ``None``, ``"bh"`` (Benjamini-Hochberg) or ``"bonferroni"`` over all pairs;
 - reliable = the (corrected) p-value is below ``alpha`` (default 0.05).
 

@@ -223,7 +223,7 @@ class Report:
         require(len(dists) > 0, "add_reliability needs at least one method's distribution.")
         first = next(iter(dists.values()))
         self.add_section(title)
-        self.add_text(rel.READING.format(n=first.n, sampler=sampler, alpha=first.alpha))
+        self.add_text(rel.reading(first, sampler))
         self.add_table(rel.SUMMARY_HEADER, rel.summary_rows(dists))
         self.add_figure(
             rel.snr_histogram_figure(dists),

@@ -17,13 +17,31 @@ READING = (
     "another initialisation or batch order gives another model and another score. Each "
     "method was therefore re-run on {n} posterior samples ({sampler}), which gives every "
     "(query, training example) pair a mean and a spread. The signal-to-noise ratio (SNR) is "
-    "mean / spread. A pair is marked reliable when a one-sample t-test rejects 'the mean "
-    "score is zero' at level {alpha}: the sign of that explanation does not depend on the "
-    "luck of training. 'Not reliable' does not mean wrong, only that this run's ranking "
-    "could well have come out differently. Most pairs are usually not reliable; the few "
-    "that are deserve the most trust. In the scatter, points far from the diagonal band "
-    "(|mean| much larger than the spread) are the reliable ones."
+    "mean / spread. A pair is marked reliable when {test} rejects 'the mean score is zero' "
+    "at level {alpha}{correction}: the sign of that explanation does not depend on the luck "
+    "of training (as far as these samples show it). 'Not reliable' does not mean wrong, "
+    "only that this run's ranking could well have come out differently. The verdict is only "
+    "as good as the samples: samplers that barely move the model find almost everything "
+    "reliable. In the scatter, points far from the diagonal band (|mean| much larger than "
+    "the spread) are the reliable ones."
 )
+TESTS = {"t": "a one-sample t-test", "z": "the z-on-SNR rule (|mean / sd| against a normal)"}
+CORRECTIONS = {
+    None: "",
+    "bh": " (Benjamini-Hochberg over all pairs)",
+    "bonferroni": " (Bonferroni over all pairs)",
+}
+
+
+def reading(dist: ScoreDistribution, sampler: str) -> str:
+    """The paragraph under the reliability section, for this distribution's test."""
+    return READING.format(
+        n=dist.n,
+        sampler=sampler,
+        test=TESTS[dist.test],
+        alpha=dist.alpha,
+        correction=CORRECTIONS[dist.correction],
+    )
 
 
 def badge(dist: ScoreDistribution | None, q: int, i: int) -> str:
@@ -78,17 +96,28 @@ def snr_histogram_figure(dists: Mapping[str, ScoreDistribution]) -> Figure:
     for name, v in values.items():
         ax.hist(np.clip(v, 1e-3, None), bins=bins, histtype="step", label=name, linewidth=1.2)
     ax.set_xscale("log")
-    n = next(iter(dists.values())).n
-    from scipy import stats
-
-    cut = float(stats.t.ppf(0.975, df=n - 1) / np.sqrt(n))
-    ax.axvline(cut, color="k", linestyle="--", linewidth=0.8)
-    ax.text(cut, ax.get_ylim()[1] * 0.9, " reliable →", fontsize=7, va="top")
+    first = next(iter(dists.values()))
+    cut = threshold(first)
+    if cut is not None:
+        ax.axvline(cut, color="k", linestyle="--", linewidth=0.8)
+        ax.text(cut, ax.get_ylim()[1] * 0.9, " reliable →", fontsize=7, va="top")
     ax.set_xlabel("|SNR| = |mean| / sd over posterior samples", fontsize=8)
     ax.set_ylabel("pairs", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=6, ncol=2)
     return fig
+
+
+def threshold(dist: ScoreDistribution) -> float | None:
+    """The |SNR| above which an uncorrected test rejects (None under a correction)."""
+    from scipy import stats
+
+    if dist.correction is not None:
+        return None
+    q = 1 - dist.alpha / 2
+    if dist.test == "z":
+        return float(stats.norm.ppf(q))
+    return float(stats.t.ppf(q, df=dist.n - 1) / np.sqrt(dist.n))
 
 
 def mean_sd_figure(dists: Mapping[str, ScoreDistribution]) -> Figure:
