@@ -10,12 +10,10 @@ concurrently. Shards are strided: shard ``(i, n)`` holds the chunk ids ``j % n =
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -24,7 +22,6 @@ import numpy as np
 
 from tdakit.errors import StoreError, require
 from tdakit.storage.fileio import (
-    TMP_RE,
     HashingWriter,
     atomic_write,
     cache_key,
@@ -32,46 +29,22 @@ from tdakit.storage.fileio import (
     file_sha256,
     remove_stale_temps,
 )
+from tdakit.storage.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    build_manifest,
+    check_same,
+    clear_dir,
+    read_manifest,
+)
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["FORMAT_VERSION", "FeatureStore", "cache_key"]
 
-FORMAT_VERSION = 1
-_FORMAT = "tdakit.feature_store"
-_MANIFEST = "manifest.json"
-_DTYPES = ("float16", "float32", "float64")
-_INT_KEYS = ("n_rows", "dim", "chunk_rows")
-_HEADER_KEYS = (*_INT_KEYS, "dtype")
-_CHUNK_RE = re.compile(r"^chunk_\d{6,}\.(npy|json)$")
 
 PathLike = str | os.PathLike
-
-
-def _diff(cached: Any, requested: Any, prefix: str) -> list[str]:
-    if isinstance(cached, dict) and isinstance(requested, dict):
-        keys = sorted(set(cached) | set(requested), key=str)
-        return [
-            d
-            for k in keys
-            for d in _diff(cached.get(k, "<absent>"), requested.get(k, "<absent>"), f"{prefix}.{k}")
-        ]
-    a, b = (repr(v) if len(repr(v)) <= 60 else repr(v)[:57] + "..." for v in (cached, requested))
-    return [] if cached == requested else [f"{prefix}: cached {a}, requested {b}"]
-
-
-def _clear_dir(directory: Path) -> None:
-    """Remove the store's files (records first, manifest last); then the dir if empty."""
-    if not directory.is_dir():
-        return
-    names = sorted((p for p in directory.iterdir() if p.is_file()), key=lambda p: p.suffix)
-    ours = [p for p in names if _CHUNK_RE.match(p.name) or TMP_RE.match(p.name)]
-    for p in [*ours, directory / _MANIFEST]:  # .json records sort before .npy
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-    with contextlib.suppress(OSError):
-        directory.rmdir()  # only succeeds when nothing but our files were there
 
 
 class _HybridMethod(classmethod):
@@ -108,34 +81,9 @@ class FeatureStore:
         chunk_rows: int = 2048,
     ) -> FeatureStore:
         """Create the store at ``path``, or reopen it if its manifest matches exactly."""
-        for name, v in zip(_INT_KEYS, (n_rows, dim, chunk_rows), strict=True):
-            require(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0,
-                f"FeatureStore.open: {name} must be a positive integer, got {v!r}",
-            )
-        require(
-            dtype in _DTYPES, f"FeatureStore.open: dtype must be one of {_DTYPES}, got {dtype!r}"
-        )
-        meta = {} if meta is None else meta
-        require(isinstance(meta, dict), f"FeatureStore.open: meta must be a dict, got {type(meta)}")
-        try:
-            meta = json.loads(canonical_json(meta))
-        except (TypeError, ValueError) as exc:
-            raise StoreError(
-                f"FeatureStore.open: meta must be JSON-serialisable (no NaN): {exc}; "
-                "store fingerprints and config values as strings or numbers"
-            ) from exc
-        manifest = {
-            "format": _FORMAT,
-            "version": FORMAT_VERSION,
-            "n_rows": int(n_rows),
-            "dim": int(dim),
-            "dtype": dtype,
-            "chunk_rows": int(chunk_rows),
-            "meta": meta,
-        }
+        manifest = build_manifest(n_rows, dim, dtype, chunk_rows, meta)
         directory = Path(path)
-        exists = (directory / _MANIFEST).is_file()  # a complete store may be read-only
+        exists = (directory / MANIFEST).is_file()  # a complete store may be read-only
         try:
             if not exists:
                 directory.mkdir(parents=True, exist_ok=True)
@@ -144,18 +92,9 @@ class FeatureStore:
         remove_stale_temps(directory)
         data = json.dumps(manifest, sort_keys=True, indent=1).encode()
         if exists or not atomic_write(
-            directory / _MANIFEST, lambda f: f.write(data), exclusive=True
+            directory / MANIFEST, lambda f: f.write(data), exclusive=True
         ):
-            old = cls._read_manifest(directory)
-            diffs = [d for k in (*_HEADER_KEYS, "meta") for d in _diff(old[k], manifest[k], k)]
-            require(
-                not diffs,
-                f"feature store {directory} was created for a different configuration; "
-                f"differing keys: {'; '.join(diffs)}. Use a different cache directory (e.g. "
-                "named with tdakit.storage.cache_key(...)) or delete it with "
-                f"FeatureStore.clear({str(directory)!r})",
-                StoreError,
-            )
+            check_same(read_manifest(directory), manifest, directory)
         return cls(directory, manifest)
 
     @classmethod
@@ -163,37 +102,14 @@ class FeatureStore:
         """Open an existing store without knowing its shape (no meta check)."""
         directory = Path(path)
         require(
-            (directory / _MANIFEST).is_file(),
+            (directory / MANIFEST).is_file(),
             f"no feature store at {directory} (manifest.json missing); create it with "
             "FeatureStore.open(path, n_rows, dim, ...) and fill it first",
             StoreError,
         )
-        manifest = cls._read_manifest(directory)
+        manifest = read_manifest(directory)
         remove_stale_temps(directory)
         return cls(directory, manifest)
-
-    @staticmethod
-    def _read_manifest(directory: Path) -> dict[str, Any]:
-        where = directory / _MANIFEST
-        fix = f"delete the directory or call FeatureStore.clear({str(directory)!r}) and recompute"
-        try:
-            m = json.loads(where.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"corrupted feature store manifest {where}: {exc}; {fix}") from exc
-        ok = isinstance(m, dict) and m.get("format") == _FORMAT and m.get("dtype") in _DTYPES
-        ok = ok and all(isinstance(m.get(k), int) and m[k] > 0 for k in _INT_KEYS)
-        require(
-            ok and isinstance(m.get("meta"), dict),
-            f"corrupted or foreign feature store manifest {where}; {fix}",
-            StoreError,
-        )
-        require(
-            m.get("version") == FORMAT_VERSION,
-            f"feature store {directory} has format version {m.get('version')!r} but this "
-            f"tdakit reads version {FORMAT_VERSION}; upgrade tdakit or recompute elsewhere",
-            StoreError,
-        )
-        return m
 
     def __repr__(self) -> str:
         done = self.n_chunks - len(self.missing_chunks())
@@ -477,4 +393,4 @@ class FeatureStore:
             require(path is None, "store.clear() takes no path; use FeatureStore.clear(path)")
             owner._cleared, path = True, owner.path
         require(path is not None, "FeatureStore.clear(path) needs the store directory")
-        _clear_dir(Path(path))
+        clear_dir(Path(path))
