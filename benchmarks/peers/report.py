@@ -8,9 +8,14 @@ from importlib import metadata
 from pathlib import Path
 
 from common import CASES  # type: ignore[import-not-found]
-from notes import EXCLUDED, INTRO, NOTES  # type: ignore[import-not-found]
+from notes import ENGINE, EXCLUDED, INTRO, NOTES  # type: ignore[import-not-found]
+from previous import COMMIT as PREVIOUS_COMMIT  # type: ignore[import-not-found]
+from previous import DATE as PREVIOUS_DATE  # type: ignore[import-not-found]
+from previous import PREVIOUS  # type: ignore[import-not-found]
 
 FLOOR_MIB = 1.0  # peaks below this are noise; ratios use at least this
+FLOOR_S = 0.01  # the previous engine's times were published to 0.01 s
+TOLERANCE = 1.10  # new / previous above this: slower or more memory (flagged)
 
 
 def _version(dist: str) -> str:
@@ -47,12 +52,20 @@ def _fastest(rows: list[dict]) -> dict[tuple[str, str], str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def _prev(r: dict, i: int) -> str:
+    prev = PREVIOUS.get((r["case"], r["group"]))
+    if prev is None:
+        return "—"
+    return f"{prev[0]:.2f}" if i == 0 else f"{prev[1]:.0f}"
+
+
 def table(rows: list[dict]) -> list[str]:
     fastest = _fastest(rows)
     out = [
-        "| case | method | peer | peer s | tdakit s | time ratio | peer MiB | tdakit MiB "
-        "| mem ratio | Spearman mean (min) | goal |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| case | method | peer | peer s | tdakit s | tdakit s (previous engine) | time ratio "
+        "| peer MiB | tdakit MiB | tdakit MiB (previous engine) | mem ratio "
+        "| Spearman mean (min) | goal |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         if "check" in r:
@@ -63,8 +76,8 @@ def table(rows: list[dict]) -> list[str]:
         if "error" in res or "error" in mine:
             why = res.get("error") or "tdakit: " + mine["error"]
             out.append(
-                f"| {r['case']} | {r['title']} | {peer} | — | {_fmt_time(mine)} | — | — "
-                f"| {_fmt_mem(mine)} | — | — | {why} |"
+                f"| {r['case']} | {r['title']} | {peer} | — | {_fmt_time(mine)} | {_prev(r, 0)} "
+                f"| — | — | {_fmt_mem(mine)} | {_prev(r, 1)} | — | — | {why} |"
             )
             continue
         tr, mr = _ratio(mine, res, "seconds"), _ratio(mine, res, "peak_mib")
@@ -82,8 +95,41 @@ def table(rows: list[dict]) -> list[str]:
         goal = "met" if ok else "missed: " + ", ".join(misses)
         out.append(
             f"| {r['case']} | {r['title']} | {peer} | {_fmt_time(res)} | {_fmt_time(mine)} "
-            f"| {tr:.2f} | {_fmt_mem(res)} | {_fmt_mem(mine)} | {mr:.2f} "
-            f"| {mean:.4f} ({low:.4f}) | {goal} |"
+            f"| {_prev(r, 0)} | {tr:.2f} | {_fmt_mem(res)} | {_fmt_mem(mine)} | {_prev(r, 1)} "
+            f"| {mr:.2f} | {mean:.4f} ({low:.4f}) | {goal} |"
+        )
+    return out
+
+
+def engine_table(rows: list[dict]) -> list[str]:
+    """tdakit alone: this run against the previous engine's published numbers."""
+    out = [
+        "| case | method | time (s), previous engine | time (s), now | time ratio "
+        "| peak MiB, previous engine | peak MiB, now | mem ratio | load at the best run "
+        "| verdict |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    seen = set()
+    for r in rows:
+        if "check" in r or (r["case"], r["group"]) in seen:
+            continue
+        seen.add((r["case"], r["group"]))
+        mine, prev = r["tdakit"], PREVIOUS.get((r["case"], r["group"]))
+        if prev is None or "seconds" not in mine:
+            why = mine.get("error", "no previous number")
+            out.append(f"| {r['case']} | {r['title']} | — | — | — | — | — | — | — | {why} |")
+            continue
+        tr = max(mine["seconds"], FLOOR_S) / max(prev[0], FLOOR_S)
+        mr = max(mine["peak_mib"], FLOOR_MIB) / max(prev[1], FLOOR_MIB)
+        flags = [
+            w for w, bad in (("slower", tr > TOLERANCE), ("more memory", mr > TOLERANCE)) if bad
+        ]
+        load = mine.get("load_at_best")
+        where = "—" if load is None else f"{load:.2f}" + (" (high)" if load >= 1.5 else "")
+        out.append(
+            f"| {r['case']} | {r['title']} | {prev[0]:.2f} | {mine['seconds']:.2f} | {tr:.2f} "
+            f"| {prev[1]:.0f} | {mine['peak_mib']:.0f} | {mr:.2f} | {where} "
+            f"| {', '.join(flags) or 'ok'} |"
         )
     return out
 
@@ -124,14 +170,17 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
         f"Machine: {os.cpu_count()} CPU cores, no GPU, {platform.platform()}; "
         f"Python {platform.python_version()}. Versions: {versions}.",
         "The machine was shared with other jobs while these numbers were taken (load "
-        "averages below), so single timings carry noise of a few tens of percent. Runs "
-        "that produced the results (a later run replaces the methods it re-ran):",
+        "averages below: at a load of up to 2 on these 2 cores single timings carry noise of "
+        "a few tens of percent, at higher loads they can be several times the idle time; "
+        "peak memory does not depend on the load). Runs that produced the results (a later "
+        "run replaces the methods it re-ran; dates are start times):",
         "",
     ]
     for run in meta["runs"]:
         la, lb = run["load_before"], run["load_after"]
+        when = f"{run['date']}, " if "date" in run else ""
         lines.append(
-            f"- `{run['command']}`: {run['minutes']:.1f} min, best of {run['repeats']}; "
+            f"- `{run['command']}`: {when}{run['minutes']:.1f} min, best of {run['repeats']}; "
             f"load average (1/5/15 min) before {la[0]:.1f}/{la[1]:.1f}/{la[2]:.1f}, after "
             f"{lb[0]:.1f}/{lb[1]:.1f}/{lb[2]:.1f}"
         )
@@ -147,7 +196,7 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
     ]
     for name, info in meta["cases"].items():
         lines.append(
-            f"- **{name}**: {CASES[name]['title']}; trained with `tdakit.train.train_model` "
+            f"- **{name}**: {CASES[name]['title']}; trained with `tdakit.training.train_model` "
             f"(seed 0, {CASES[name]['epochs']} epochs): final train loss "
             f"{info['train_loss']:.3f}, query accuracy {info['query_acc']:.2f}; "
             f"influence damping λ = {CASES[name]['lam']} (mean-loss convention)."
@@ -164,6 +213,21 @@ def write_report(rows: list[dict], meta: dict, path: Path) -> str:
         "",
         *table(rows),
         *checks(rows),
+        "",
+        "## tdakit: this engine against the previous engine",
+        "",
+        f"The previous engine's numbers are those published here before the engine refactor "
+        f"(commit {PREVIOUS_COMMIT}, measured {PREVIOUS_DATE} on the same machine type with "
+        "the same cases, configurations and measurement; rounded to 0.01 s and 1 MiB, so "
+        "ratios of the sub-0.1 s rows mostly show that rounding). Ratio = now / previous; "
+        f"'slower' / 'more memory' flag ratios above {TOLERANCE:.2f}. 'load at the best run' "
+        "is the 1-minute load average when the reported (best) run started; on this "
+        "2-core machine a load of 1.5 or more means the timing shared the cores with other "
+        "jobs and is marked '(high)'.",
+        "",
+        *engine_table(rows),
+        "",
+        ENGINE.strip(),
         "",
         "## Notes per method",
         "",

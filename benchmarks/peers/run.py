@@ -7,12 +7,15 @@ correlation between tdakit's and the peer's scores (oriented to tdakit's convent
 
     bash benchmarks/peers/setup.sh && .venv-peers/bin/python benchmarks/peers/run.py
 
-Options: ``--cases digits``, ``--only cg,ekfac``, ``--repeats 1``, ``--out PATH``.
+Options: ``--cases digits``, ``--only cg,ekfac``, ``--libs tdakit`` (re-run only some
+libraries; the others' saved results are reported), ``--fresh`` (replace the saved records
+of what is re-run instead of merging with them), ``--repeats 1``, ``--out PATH``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import json
 import os
@@ -43,18 +46,32 @@ def available(lib: str) -> bool:
 
 
 class Runner:
-    def __init__(self, workdir: Path, repeats: int, timeout: float) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        repeats: int,
+        timeout: float,
+        libs: set[str] | None = None,
+        fresh: bool = False,
+    ) -> None:
         self.workdir, self.repeats, self.timeout = workdir, repeats, timeout
+        self.libs, self.fresh = libs, fresh  # libs: None = all
         self.outdir = workdir / "out"
         self.outdir.mkdir(parents=True, exist_ok=True)
+
+    def runs(self, lib: str) -> bool:
+        return self.libs is None or lib in self.libs
 
     def child(self, case: str, lib: str, method: str, kw: dict, tag: str) -> dict:
         """Run one measurement in a fresh process; its record (or failure) goes to
         ``out/{case}-{tag}.json`` (+ ``.pt`` scores) and is returned. A re-run keeps the
         earlier runs' times and peaks: the best time and the largest peak over all runs
-        are reported (contention from other jobs only ever adds time)."""
+        are reported (contention from other jobs only ever adds time). With ``fresh`` the
+        earlier records are replaced. A library not selected (``libs``) is not re-run."""
+        if not self.runs(lib):
+            return self.load(case, tag)
         out = self.outdir / f"{case}-{tag}"
-        before = self.load(case, tag)
+        before = {} if self.fresh else self.load(case, tag)
         for suffix in (".pt", ".json"):
             Path(f"{out}{suffix}").unlink(missing_ok=True)
         cmd = [
@@ -69,6 +86,7 @@ class Runner:
             str(self.repeats),
         ]
         env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONWARNINGS": "ignore"}
+        load = os.getloadavg()
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, text=True, timeout=self.timeout, env=env
@@ -80,11 +98,19 @@ class Runner:
             failed, error = True, f"timed out after {self.timeout:.0f} s"
         if failed:
             Path(f"{out}.json").write_text(json.dumps({"error": error}))
-        elif "times" in before:  # re-run: best time / largest peak over all runs so far
+        else:  # the load average (1 min) at the start of each run; best-of over re-runs
             record = json.loads(Path(f"{out}.json").read_text())
-            record["times"] = before["times"] + record["times"]
-            record["peaks"] = before["peaks"] + record["peaks"]
-            record["seconds"], record["peak_mib"] = min(record["times"]), max(record["peaks"])
+            record["loads"] = [load[0]] * len(record["times"])
+            if "times" in before:
+                record["times"] = before["times"] + record["times"]
+                record["peaks"] = before["peaks"] + record["peaks"]
+                record["loads"] = (
+                    before.get("loads", [None] * len(before["times"])) + record["loads"]
+                )
+                record["seconds"] = min(record["times"])
+                record["peak_mib"] = max(record["peaks"])
+            best = record["times"].index(record["seconds"])
+            record["load_at_best"] = record["loads"][best]
             Path(f"{out}.json").write_text(json.dumps(record))
         return self.load(case, tag)
 
@@ -199,6 +225,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="digits,fmnist")
     ap.add_argument("--only", default="", help="comma-separated group keys (default: all)")
+    ap.add_argument("--libs", default="", help="comma-separated libraries to run (default: all)")
+    ap.add_argument(
+        "--fresh",
+        action="store_true",
+        help="replace the saved records of the configurations run (default: merge, best-of)",
+    )
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per config (best-of)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per child process")
     ap.add_argument("--workdir", default="benchmarks/results/peers")
@@ -210,13 +242,18 @@ def main() -> None:
     )
     args = ap.parse_args()
     workdir = Path(args.workdir).resolve()
-    runner = Runner(workdir, args.repeats, args.timeout)
+    libs = set(filter(None, args.libs.split(","))) or None
+    unknown_libs = sorted((libs or set()) - set(MODULES))
+    if unknown_libs:
+        raise SystemExit(f"unknown librar(ies) {unknown_libs}; choose from {list(MODULES)}")
+    runner = Runner(workdir, args.repeats, args.timeout, libs, args.fresh)
     only = set(filter(None, args.only.split(",")))
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {list(CASES)}")
     load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.perf_counter()
     case_info = {}
     for case in cases:
@@ -239,6 +276,7 @@ def main() -> None:
                 "command": " ".join(
                     [".venv-peers/bin/python", "benchmarks/peers/run.py", *sys.argv[1:]]
                 ),
+                "date": started,
                 "minutes": (time.perf_counter() - t0) / 60,
                 "load_before": load_before,
                 "load_after": os.getloadavg(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -221,8 +222,8 @@ class Task:
                     f"model.to({t.dtype})).",
                     DataError,
                 )
-                require(
-                    bool(torch.isfinite(t).all()),
+                require(  # a sum is NaN/inf if any entry is; overflow gets the exact check
+                    math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all()),
                     "The inputs contain NaN or inf; clean or impute them before attribution.",
                     DataError,
                 )

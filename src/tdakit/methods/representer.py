@@ -163,11 +163,8 @@ class RepresenterPoints(FeatureMethod):
             value.backward()
             return value
 
-        if W.numel() <= DIRECT_NEWTON_MAX:  # small: Newton from the trained weights
-            W = self._newton(W.detach(), H, y, iters=50)
-        else:
-            opt.step(closure)
-            W = self._newton(W.detach(), H, y, iters=5)
+        opt.step(closure)
+        W = self._newton(W.detach(), H, y, iters=5)
         self.refit_grad_norm_ = float(torch.func.grad(self._objective)(W, H, y).abs().max())
         self.converged_ = self.refit_grad_norm_ <= self.tolerance
         if not self.converged_:
