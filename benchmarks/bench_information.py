@@ -328,7 +328,11 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/information.json")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--render", help="print Markdown tables of a results file and exit")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
     executor = tda.Executor(
         backend="local",
         workers=args.workers,
@@ -357,6 +361,104 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
     print(f"done in {meta['seconds']:.0f} s -> {args.out}")
+
+
+def render(path: str) -> str:
+    """Markdown tables of a results file (``--render FILE``)."""
+    with open(path) as f:
+        data = json.load(f)
+    rows, meta = data["rows"], data["meta"]
+    out = [
+        f"Run: {meta['seconds']:.0f} s wall, load at the end {meta['load']}, "
+        f"torch {meta['torch']}, {meta['cpus']} CPUs, quick={meta['quick']}.",
+        "",
+    ]
+    cf = [r for r in rows if r["section"] == "counterfactual"]
+    if cf:
+        out += [
+            "### Counterfactual sensitivity (digits MLP)",
+            "",
+            "| method | k | Δ loss [95 % CI] | Δ loss random | Δ p(predicted) | "
+            "Δ p random | Δ entropy | flip rate | flip rate random |",
+            "|---" * 9 + "|",
+        ]
+        for r in cf:
+            out.append(
+                f"| {r['method']} | {r['k']} | {r['delta_loss']:.3f} [{r['ci'][0]:.2f}, "
+                f"{r['ci'][1]:.2f}] | {r['delta_loss_random']:.3f} | {r['delta_prob']:.3f}"
+                f" | {r['delta_prob_random']:.3f} | {r['delta_entropy']:.3f} | "
+                f"{r['flip_rate']:.2f} | {r['flip_rate_random']:.2f} |"
+            )
+        out.append("")
+    for section, cols in (
+        ("backdoor", ["recall@50", "mrr"]),
+        (
+            "duplicates",
+            [
+                "recall@10",
+                "mrr",
+                "duplicates_in_top10",
+                "duplicates_in_greedy_loss_top10",
+                "duplicates_in_greedy_gain_top10",
+            ],
+        ),
+    ):
+        mine = [r for r in rows if r["section"] == section]
+        if mine:
+            out += [
+                f"### {section}",
+                "",
+                "| method | " + " | ".join(cols) + " |",
+                "|---" * (len(cols) + 1) + "|",
+            ]
+            for r in mine:
+                out.append(
+                    f"| {r['method']} | "
+                    + " | ".join("–" if c not in r else f"{r[c]:.3f}" for c in cols)
+                    + " |"
+                )
+            out.append("")
+    co = [r for r in rows if r["section"] == "coreset"]
+    if co:
+        out += [
+            "### Coreset selection (digits MLP, test accuracy)",
+            "",
+            "| method | " + " | ".join(f"budget {b}" for b in co[0]["budgets"]) + " |",
+            "|---" * (len(co[0]["budgets"]) + 1) + "|",
+        ]
+        for r in co:
+            out.append(
+                f"| {r['method']} | "
+                + " | ".join(
+                    f"{a:.3f} (random {b:.3f})"
+                    for a, b in zip(r["accuracy"], r["random_accuracy"], strict=True)
+                )
+                + " |"
+            )
+        out.append("")
+    ld = [r for r in rows if r["section"] == "lds"]
+    if ld:
+        out += ["### LDS", "", "| dataset | method | LDS [95 % CI] |", "|---|---|---|"]
+        for r in ld:
+            out.append(
+                f"| {r['dataset']} | {r['method']} | {r['lds']:.3f} "
+                f"[{r['ci'][0]:.2f}, {r['ci'][1]:.2f}] |"
+            )
+        out.append("")
+    sc = [r for r in rows if r["section"] == "scale"]
+    if sc:
+        out += [
+            "### Retrieval at scale",
+            "",
+            "| index | vectors | build (s) | p50 (ms) | p99 (ms) | recall@10 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in sc:
+            out.append(
+                f"| {r['index']} | {r['n']:,} × {r['dim']} | {r['build_s']:.1f} | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['recall@10']:.3f} |"
+            )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

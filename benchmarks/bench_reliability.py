@@ -192,7 +192,11 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/reliability.json")
+    parser.add_argument("--render", help="print Markdown tables of a results file and exit")
     args = parser.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
     executor = tda.Executor(
         backend="local", workers=2, progress=False, cache_dir="benchmarks/results/cache-reliability"
     )
@@ -205,6 +209,59 @@ def main() -> None:
     with open(args.out, "w") as f:
         json.dump({"meta": meta, "results": results}, f, indent=1)
     print(f"done in {meta['seconds']:.0f} s -> {args.out}")
+
+
+def render(path: str) -> str:
+    """Markdown tables of a results file (``--render FILE``)."""
+    with open(path) as f:
+        data = json.load(f)
+    meta, results = data["meta"], data["results"]
+    out = [
+        f"Run: {meta['seconds']:.0f} s wall, load at the end {meta['load']}, "
+        f"quick={meta['quick']}.",
+        "",
+        "### Reliable pairs, variance sources and agreement with leave-one-out",
+        "",
+        "| data | model | N | method | reliable pairs | var init / var batch | "
+        "Spearman μ vs LOO | Spearman σ vs LOO | Spearman SNR vs LOO | KS to LOO |",
+        "|---" * 10 + "|",
+    ]
+    for r in results:
+        out.append(
+            f"| {r['dataset']} | {r['model']} | {r['n']} | leave-one-out | "
+            f"{r['loo_fraction_reliable']:.3f} | | | | | |"
+        )
+        for name, m in r["methods"].items():
+            a = m.get("agreement_with_loo", {})
+            ratio = (
+                m["variance_init"] / m["variance_batch"]
+                if m.get("variance_batch")
+                else float("nan")
+            )
+            out.append(
+                f"| | | | {name} | {m['fraction_reliable']:.3f} | {ratio:.2f} | "
+                f"{a.get('spearman_mean', float('nan')):.2f} | "
+                f"{a.get('spearman_sd', float('nan')):.2f} | "
+                f"{a.get('spearman_snr', float('nan')):.2f} | "
+                f"{m.get('ks_to_loo', float('nan')):.2f} |"
+            )
+    out += [
+        "",
+        "### Cheap samplers against the retraining verdict",
+        "",
+        "| data | model | N | method | sampler | precision | recall | F1 | Spearman SNR | "
+        "cost (× one attribution) |",
+        "|---" * 10 + "|",
+    ]
+    for r in results:
+        for name, m in r["methods"].items():
+            for sampler, c in m.get("cheap", {}).items():
+                out.append(
+                    f"| {r['dataset']} | {r['model']} | {r['n']} | {name} | {sampler} | "
+                    f"{c['precision']:.2f} | {c['recall']:.2f} | {c['f1']:.2f} | "
+                    f"{c['spearman_snr']:.2f} | {c['cost_x']:.1f} |"
+                )
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
