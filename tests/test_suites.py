@@ -116,6 +116,7 @@ def test_validation_choice_matches_a_direct_computation(tmp_path):
         ({"methods": [{"label": "x", "method": "shapley"}]}, "unknown method"),
         ({"methods": []}, "at least one"),
         ({"training": {"epochz": 3}}, "Unknown key"),
+        ({"training": {"loss": "mse"}}, "Unknown key"),  # the data decides the loss
         ({"metrics": {"names": ["lds"], "lds": {"m": 3}}}, "Unknown key"),
     ],
 )

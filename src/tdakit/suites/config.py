@@ -63,7 +63,6 @@ TRAINING_KEYS = {
     "batch_size",
     "schedule",
     "lbfgs_iters",
-    "loss",
 }
 METRIC_OPTIONS = {
     "lds": {"n_subsets", "fraction", "n_models"},
