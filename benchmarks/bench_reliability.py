@@ -203,12 +203,22 @@ def main() -> None:
     configs = [("fashion", "mlp"), ("fashion", "cnn"), ("digits", "mlp")]
     sizes = [30] if args.quick else [30, 60, 150]
     t0 = time.perf_counter()
-    results = [study(d, m, n, executor, args.quick) for d, m in configs for n in sizes]
-    meta = {"seconds": time.perf_counter() - t0, "load": os.getloadavg(), "quick": args.quick}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-    print(f"done in {meta['seconds']:.0f} s -> {args.out}")
+    results: list[dict] = []
+    for d, m in configs:
+        for n in sizes:
+            results.append(study(d, m, n, executor, args.quick))
+            # Written after every study (atomically), so an interrupted run keeps its results.
+            meta = {
+                "seconds": time.perf_counter() - t0,
+                "load": os.getloadavg(),
+                "quick": args.quick,
+                "complete": len(results) == len(configs) * len(sizes),
+            }
+            with open(args.out + ".tmp", "w") as f:
+                json.dump({"meta": meta, "results": results}, f, indent=1)
+            os.replace(args.out + ".tmp", args.out)
+    print(f"done in {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 
 def render(path: str) -> str:
@@ -218,7 +228,8 @@ def render(path: str) -> str:
     meta, results = data["meta"], data["results"]
     out = [
         f"Run: {meta['seconds']:.0f} s wall, load at the end {meta['load']}, "
-        f"quick={meta['quick']}.",
+        f"quick={meta['quick']}"
+        + ("." if meta.get("complete", True) else " (interrupted: the studies below only)."),
         "",
         "### Reliable pairs, variance sources and agreement with leave-one-out",
         "",
