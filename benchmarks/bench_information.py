@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import tdakit as tda
 from tdakit import metrics
 from tdakit.data import load_digits, load_fashion_mnist
 from tdakit.data.transforms import add_trigger, apply_trigger
+from tdakit.storage.fileio import atomic_write
 
 torch.set_num_threads(2)
 
@@ -340,8 +342,8 @@ def main() -> None:
         cache_dir="benchmarks/results/cache-information",
     )
     t0 = time.perf_counter()
-    rows = []
-    for section in args.sections:
+    rows: list[dict] = []
+    for i, section in enumerate(args.sections):
         fn = {
             "counterfactual": lambda: counterfactual(args.quick, executor),
             "retrieval": lambda: retrieval(args.quick),
@@ -350,16 +352,17 @@ def main() -> None:
             "scale": lambda: scale(args.quick),
         }[section]
         rows += fn()
-    meta = {
-        "seconds": time.perf_counter() - t0,
-        "load": os.getloadavg(),
-        "quick": args.quick,
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        meta = {
+            "seconds": time.perf_counter() - t0,
+            "load": os.getloadavg(),
+            "quick": args.quick,
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "sections": args.sections[: i + 1],
+        }
+        # Written after every section, atomically: an interrupted run keeps what it measured.
+        payload = json.dumps({"meta": meta, "rows": rows}, indent=1).encode()
+        atomic_write(Path(args.out), lambda f, b=payload: f.write(b))
     print(f"done in {meta['seconds']:.0f} s -> {args.out}")
 
 

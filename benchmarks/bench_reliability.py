@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -39,6 +40,7 @@ from tdakit.reliability import (
     loo_distribution,
     score_distribution,
 )
+from tdakit.storage.fileio import atomic_write
 
 torch.set_num_threads(2)
 
@@ -215,9 +217,8 @@ def main() -> None:
                 "quick": args.quick,
                 "complete": len(results) == len(configs) * len(sizes),
             }
-            with open(args.out + ".tmp", "w") as f:
-                json.dump({"meta": meta, "results": results}, f, indent=1)
-            os.replace(args.out + ".tmp", args.out)
+            payload = json.dumps({"meta": meta, "results": results}, indent=1).encode()
+            atomic_write(Path(args.out), lambda f, b=payload: f.write(b))
     print(f"done in {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 

@@ -132,3 +132,69 @@ def test_bad_inputs_get_one_line_and_exit_code_2(files, change, message):
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.output
     assert message in lines[0]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def _save_checkpoints(tmp_path, model) -> list[str]:
+    """Two perturbed copies of ``model``'s weights, saved as the training checkpoints."""
+    paths = []
+    for t in range(2):
+        state = {k: v + 0.05 * (t + 1) * torch.ones_like(v) for k, v in model.state_dict().items()}
+        torch.save(state, tmp_path / f"ckpt{t}.pt")
+        paths.append(str(tmp_path / f"ckpt{t}.pt"))
+    return paths
+
+
+@pytest.mark.parametrize("method", ["tracin", "trak"])
+def test_checkpoints_drive_tracin_and_trak(files, method):
+    tmp_path, model, X, y = files
+    paths = _save_checkpoints(tmp_path, model)
+    out = tmp_path / "out"
+    options = ["--option", "lrs=[0.1, 0.05]"] if method == "tracin" else []
+    args = [*base(tmp_path), "--method", method, *options, "--k", "3", "--out", str(out)]
+    result = invoke([*args, "--checkpoint", paths[0], "--checkpoint", paths[1]])
+    assert result.exit_code == 0, result.output
+    states = [torch.load(p, weights_only=True) for p in paths]
+    task = tda.Task(model)
+    ref = (
+        tda.TracIn(task, checkpoints=states, lrs=[0.1, 0.05])
+        if method == "tracin"
+        else tda.TRAK(task, checkpoints=states)
+    )
+    ref_idx, _ = ref.fit((X, y)).top_k((X[:5] + 0.01, y[:5]), 3)
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["proponents"] == ref_idx.tolist()
+    assert summary["checkpoints"] == paths
+
+
+def test_trak_without_checkpoints_is_an_ensemble_of_the_given_model(files):
+    tmp_path, model, X, y = files
+    out = tmp_path / "out"
+    result = invoke([*base(tmp_path), "--method", "trak", "--k", "3", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ref_idx, _ = (
+        tda.TRAK(tda.Task(model), checkpoints=[model]).fit((X, y)).top_k((X[:5] + 0.01, y[:5]), 3)
+    )
+    assert json.loads((out / "results.json").read_text())["proponents"] == ref_idx.tolist()
+
+
+@pytest.mark.parametrize(
+    ("method", "with_checkpoint", "other_architecture", "message"),
+    [
+        ("tracin", False, False, "needs the checkpoints saved during training"),
+        ("grad_dot", True, False, "--checkpoint applies to methods that take checkpoints"),
+        ("trak", True, True, "do not fit the model"),
+    ],
+)
+def test_checkpoint_misuse_gets_one_line(
+    files, method, with_checkpoint, other_architecture, message
+):
+    tmp_path = files[0]
+    ckpt = tmp_path / "ckpt.pt"
+    source = make_other() if other_architecture else make_model()
+    torch.save(source.state_dict(), ckpt)
+    args = [*base(tmp_path), "--method", method, "--out", str(tmp_path / "out")]
+    result = invoke(args + (["--checkpoint", str(ckpt)] if with_checkpoint else []))
+    assert result.exit_code == EXIT_USAGE, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "out").exists()

@@ -1,7 +1,8 @@
 """Attribute a user's own saved model on their own data: what ``tdakit attribute`` runs.
 
 The model is an importable factory (``package.module:function``) plus a weights file
-(``.pt``/``.pth`` state dict, read with ``weights_only=True``, or ``.safetensors``); the data
+(``.pt``/``.pth`` state dict, read with ``weights_only=True``, or ``.safetensors``), and for
+TracIn and TRAK the checkpoints saved during training in the same formats; the data
 are an importable factory returning a Dataset, a DataLoader or ``(X, y)``, or a file:
 ``.npz`` (arrays ``X`` and ``y``), ``.pt`` (a dict with ``X`` and ``y``), ``.csv`` (the last
 column is the label) or a folder of images with one sub-folder per class. Floating inputs
@@ -11,6 +12,7 @@ are cast to the model's dtype. Outputs: ``proponents.csv``, ``opponents.csv``,
 
 from __future__ import annotations
 
+import copy
 import csv
 import importlib
 import io
@@ -53,8 +55,13 @@ def load_model(factory: str, weights: str | Path | None) -> nn.Module:
         isinstance(model, nn.Module),
         f"The model factory {factory!r} returned {type(model).__name__}, not an nn.Module.",
     )
-    if weights is None:
-        return model.eval()
+    if weights is not None:
+        _load_into(model, read_state(weights), weights, factory)
+    return model.eval()
+
+
+def read_state(weights: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a ``.pt``/``.pth`` (``weights_only``) or ``.safetensors`` file."""
     path = Path(weights)
     require(path.is_file(), f"No weights file {str(path)!r}.", StoreError)
     try:
@@ -72,6 +79,10 @@ def load_model(factory: str, weights: str | Path | None) -> nn.Module:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     require(isinstance(state, dict), f"{str(path)!r} does not hold a state dict.", StoreError)
+    return state
+
+
+def _load_into(model: nn.Module, state: dict, path: str | Path, factory: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
@@ -79,7 +90,34 @@ def load_model(factory: str, weights: str | Path | None) -> nn.Module:
         raise ConfigError(
             f"The weights in {str(path)!r} do not fit the model from {factory!r}: {first}"
         ) from err
-    return model.eval()
+
+
+def load_checkpoints(
+    method: str, factory: str, net: nn.Module, paths: list[str] | None
+) -> dict[str, Any]:
+    """``checkpoints=`` for the methods that take an ensemble of saved weights (TracIn, TRAK).
+
+    Each file is read like ``--weights`` and checked against the model's architecture.
+    """
+    needs = "checkpoints" in tda.methods.get_method(method).runtime_params
+    if not paths:
+        require(
+            not needs or method == "trak",
+            f"{method!r} needs the checkpoints saved during training: pass --checkpoint FILE "
+            "once per checkpoint (and --option lrs=[...], the learning rate at each).",
+        )
+        # TRAK without checkpoints: the final model alone (an ensemble of one).
+        return {"checkpoints": [net]} if needs else {}
+    require(
+        needs,
+        f"--checkpoint applies to methods that take checkpoints (tracin, trak), not {method!r}.",
+    )
+    states = []
+    for path in paths:
+        state = read_state(path)
+        _load_into(copy.deepcopy(net), state, path, factory)  # same architecture?
+        states.append(state)
+    return {"checkpoints": states}
 
 
 def load_data(spec: str, what: str) -> Any:
@@ -189,6 +227,7 @@ def attribute(
     loss: str = "cross_entropy",
     k: int = 10,
     reliability: int = 0,
+    checkpoints: list[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Attribute ``queries`` to ``train`` with ``method``; write the files (module doc)."""
@@ -200,7 +239,7 @@ def attribute(
     )
     task = tda.Task(net, loss=loss)
     config = {"method": method, **(options or {}), "progress": progress}
-    attributor = tda.from_config(config, task)
+    attributor = tda.from_config(config, task, **load_checkpoints(method, model, net, checkpoints))
     created = prepare_output_dir(out)
     try:
         return _run(
@@ -208,10 +247,13 @@ def attribute(
             train_data,
             query_data,
             out,
-            model,
-            weights,
-            train,
-            queries,
+            {
+                "model": model,
+                "weights": weights,
+                "checkpoints": checkpoints,
+                "train": train,
+                "queries": queries,
+            },
             k,
             reliability,
             progress,
@@ -229,13 +271,10 @@ def _run(
     train_data,
     query_data,
     out: Path,
-    model,
-    weights,
-    train,
-    queries,
-    k,
-    reliability,
-    progress,
+    sources: dict[str, Any],
+    k: int,
+    reliability: int,
+    progress: bool,
 ) -> dict[str, Any]:
     attributor.fit(train_data)
     idx, val = attributor.top_k(query_data, k)
@@ -268,10 +307,7 @@ def _run(
         atomic_write(out / f"{name}.csv", lambda f, t=text: f.write(t))
     summary = {
         "method": attributor.to_config(),
-        "model": model,
-        "weights": weights,
-        "train": train,
-        "queries": queries,
+        **sources,
         "k": k,
         "n_train": attributor.n_train,
         "proponents": idx.tolist(),

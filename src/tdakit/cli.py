@@ -181,8 +181,14 @@ def attribute(
     method: str = typer.Option(
         "grad_dot",
         "--method",
-        help="A registered method name (not tracin or trak: those "
-        "need training checkpoints; use the Python API).",
+        help="A registered method: grad_dot, grad_cos, influence, tracin, trak, "
+        "representer, ... (an unknown name lists them all).",
+    ),
+    checkpoint: list[Path] = typer.Option(
+        None,
+        "--checkpoint",
+        help="A state dict saved during training (repeatable, in training order): the "
+        "checkpoints of tracin (with --option lrs=[...]) or the ensemble of trak.",
     ),
     option: list[str] = typer.Option(
         None, "--option", help="Method option key=value (repeatable), e.g. --option projection=256."
@@ -215,6 +221,7 @@ def attribute(
         loss=loss,
         k=k,
         reliability=reliability,
+        checkpoints=[str(c) for c in checkpoint] if checkpoint else None,
         progress=not quiet,
     )
     typer.echo(
