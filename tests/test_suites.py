@@ -138,3 +138,33 @@ def test_builtin_suites_are_valid():
     assert kinds == {"plain", "label_flip", "shortcut", "backdoor", "class_grouping", "mixed"}
     with pytest.raises(ConfigError, match="built-in suite"):
         load("no-such-suite")
+
+
+def test_leaderboard_is_stamped_and_lists_every_method_and_metric(tmp_path):
+    spec = parse(
+        {**MINI, "metrics": {"names": ["lds", "mislabel_detection"], "lds": {"n_subsets": 4}}}
+    )
+    path = bench.leaderboard(
+        [spec],
+        tmp_path / "leaderboard.md",
+        work_dir=tmp_path / "work",
+        executor=serial(),
+        progress=False,
+    )
+    text = path.read_text()
+    commit = json.loads((tmp_path / "work" / "results.json").read_text())["meta"]["commit"]
+    assert f"at commit `{commit}`" in text and "torch threads" in text and "total wall time" in text
+    header = "| method | lds | mislabel_detection | time (s) | peak memory (MiB) |"
+    assert "## mini" in text and header in text
+    result = bench.run(spec, tmp_path / "work", executor=serial(), progress=False)  # cached
+    for row in result.rows:  # every value with its interval, as in the results table
+        ci = "" if row["ci_low"] is None else f" [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+        assert f"{row['value']:.3f}{ci}" in text
+    assert (
+        sum(
+            line.startswith(f"| {m['label']} ")
+            for line in text.splitlines()
+            for m in MINI["methods"]
+        )
+        == 4
+    )

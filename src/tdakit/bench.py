@@ -44,7 +44,7 @@ def run(
 
 
 def leaderboard(
-    suites: Sequence[str | Path] | None = None,
+    suites: Sequence[str | Path | Suite] | None = None,
     out: str | Path = "docs/leaderboard.md",
     *,
     work_dir: str | Path = "tdakit-bench",
@@ -52,7 +52,8 @@ def leaderboard(
     progress: bool = True,
     command: str = "tdakit bench leaderboard",
 ) -> Path:
-    """Run every suite (default: all built-in ones) and write the leaderboard Markdown."""
+    """Run every suite (default: all built-in ones: names, ``.toml`` paths or parsed
+    :class:`Suite` objects) and write the leaderboard Markdown."""
     t0 = time.perf_counter()
     rows = []
     for name in suites or builtin_names():

@@ -56,12 +56,29 @@ def stamp() -> dict[str, Any]:
 
     return {
         "commit": commit,
-        "machine": f"{platform.machine()} {platform.processor() or ''}",
+        "machine": _cpu_name() or platform.machine(),
         "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "load": os.getloadavg(),
+        "load": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def _cpu_name() -> str | None:
+    """The processor's model name (Linux), e.g. ``Intel(R) Xeon(R) CPU @ 2.50GHz``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def _load(load: Any) -> str:
+    return " / ".join(f"{x:.2f}" for x in load) if load else "?"
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -74,14 +91,17 @@ def leaderboard_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -
         "# Leaderboard",
         "",
         f"Regenerated with `{meta.get('command', 'tdakit bench leaderboard')}` at commit "
-        f"`{meta.get('commit')}` on {meta.get('machine')} ({meta.get('cpus')} CPUs, torch "
-        f"{meta.get('torch')}, load {meta.get('load')}); total wall time "
+        f"`{meta.get('commit')}` on {meta.get('machine')} ({meta.get('cpus')} CPUs, "
+        f"{meta.get('threads', '?')} torch threads, torch {meta.get('torch')}; load average "
+        f"at the end {_load(meta.get('load'))} over 1/5/15 min); total wall time "
         f"{meta.get('seconds', 0):.0f} s.",
         "",
         "Values are point estimates with 95 % bootstrap intervals over queries (or runs); "
         "higher is better for every metric shown. Time and peak memory are per method "
-        "(fit + scores), measured in the same run. Hyperparameters in brackets were "
-        "chosen on validation queries, never on the test ground truth.",
+        "(fit + scores), measured in the same run; memory is the resident size above the "
+        "process's level before the method ran, so memory an earlier method freed and this "
+        "one reused is not counted (small values are lower bounds). Hyperparameters in "
+        "brackets were chosen on validation queries, never on the test ground truth.",
         "",
     ]
     for suite in dict.fromkeys(r["suite"] for r in rows):
