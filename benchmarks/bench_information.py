@@ -259,6 +259,27 @@ def lds(quick: bool, executor) -> list[dict]:
     return rows
 
 
+def _search_quality(index, Q: torch.Tensor, truth: torch.Tensor) -> dict:
+    """Per-query latency (p50, p99) and recall@10 against the exact top-10 ``truth``."""
+    lat, found = [], []
+    for q in Q:
+        t = time.perf_counter()
+        ids, _ = index.search(q[None], 10)
+        lat.append(time.perf_counter() - t)
+        found.append(ids[0])
+    recall = np.mean(
+        [
+            len(set(a.tolist()) & set(b.tolist())) / 10
+            for a, b in zip(torch.stack(found), truth, strict=True)
+        ]
+    )
+    return {
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+        "recall@10": float(recall),
+    }
+
+
 def scale(quick: bool) -> list[dict]:
     from tdakit.scoring.index import ExactIndex, FaissIndex, MilvusIndex
 
@@ -280,7 +301,7 @@ def scale(quick: bool) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             candidates = [
                 ("FAISS exact", lambda: FaissIndex(dim)),
-                ("FAISS HNSW", lambda: FaissIndex(dim, "hnsw", m=16, ef_search=64)),
+                ("FAISS HNSW", lambda: FaissIndex(dim, "hnsw", m=16)),
                 ("Milvus Lite (FLAT)", lambda: MilvusIndex(os.path.join(tmp, "v.db"), "v", dim)),
             ]
             for name, make in candidates:
@@ -291,32 +312,24 @@ def scale(quick: bool) -> list[dict]:
                 if isinstance(index, MilvusIndex):
                     index.commit()
                 build_s = time.perf_counter() - t0
-                lat, found = [], []
-                for q in Q:
-                    t = time.perf_counter()
-                    ids, _ = index.search(q[None], 10)
-                    lat.append(time.perf_counter() - t)
-                    found.append(ids[0])
-                found_t = torch.stack(found)
-                recall = np.mean(
-                    [
-                        len(set(a.tolist()) & set(b.tolist())) / 10
-                        for a, b in zip(found_t, truth, strict=True)
-                    ]
-                )
-                rows.append(
-                    {
-                        "section": "scale",
-                        "index": name,
-                        "n": n,
-                        "dim": dim,
-                        "build_s": build_s,
-                        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-                        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
-                        "recall@10": float(recall),
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
+                # HNSW: one build, the recall/latency trade-off over the search breadth.
+                efs = [64, 128, 256, 512] if "HNSW" in name else [None]
+                for ef in efs:
+                    if ef is not None:
+                        index.set_ef_search(ef)
+                    row = _search_quality(index, Q, truth)
+                    label = name if ef is None else f"{name} (efSearch {ef})"
+                    rows.append(
+                        {
+                            "section": "scale",
+                            "index": label,
+                            "n": n,
+                            "dim": dim,
+                            "build_s": build_s,
+                            **row,
+                        }
+                    )
+                    print(json.dumps(rows[-1]), flush=True)
                 if isinstance(index, MilvusIndex):
                     index.close()
     return rows
