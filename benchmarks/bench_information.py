@@ -61,6 +61,11 @@ def build(task, config):
     return tda.from_config({**config, "progress": False}, task, **objects)
 
 
+def _with_ci(name: str, result) -> dict:
+    """``{name: value, name_ci: [low, high]}`` of a metric result."""
+    return {name: result.value, f"{name}_ci": [float(c) for c in result.ci]}
+
+
 def trained(split, hidden=(32,), epochs=12, seed=0, model="mlp"):
     recipe = tda.TrainingRecipe(
         model,
@@ -148,8 +153,8 @@ def retrieval(quick: bool) -> list[dict]:
             {
                 "section": "backdoor",
                 "method": name,
-                "recall@50": metrics.recall_at_k(S, rel, k=50).value,
-                "mrr": metrics.mrr(S, rel).value,
+                **_with_ci("recall@50", metrics.recall_at_k(S, rel, k=50)),
+                **_with_ci("mrr", metrics.mrr(S, rel)),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -174,8 +179,8 @@ def retrieval(quick: bool) -> list[dict]:
         row = {
             "section": "duplicates",
             "method": name,
-            "recall@10": metrics.recall_at_k(S, rel, k=10).value,
-            "mrr": metrics.mrr(S, rel).value,
+            **_with_ci("recall@10", metrics.recall_at_k(S, rel, k=10)),
+            **_with_ci("mrr", metrics.mrr(S, rel)),
         }
         if name.startswith("Information"):
             for obj in ("loss", "gain"):
@@ -218,8 +223,10 @@ def coreset(quick: bool, executor) -> list[dict]:
                 "section": "coreset",
                 "method": name,
                 "budgets": budgets,
-                "accuracy": r.details["accuracy"].tolist(),
-                "random_accuracy": r.details["random_accuracy"].tolist(),
+                **{
+                    key: r.details[key].tolist()
+                    for key in ("accuracy", "accuracy_ci", "random_accuracy", "random_accuracy_ci")
+                },
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -379,13 +386,27 @@ def main() -> None:
     print(f"done in {meta['seconds']:.0f} s -> {args.out}")
 
 
+def _cell(row: dict, key: str, i: int | None = None) -> str:
+    """``value [low, high]`` of ``row[key]`` (element ``i`` of a per-budget list)."""
+    if key not in row:
+        return "–"
+    value, ci = row[key], row.get(f"{key}_ci")
+    if i is not None:
+        value, ci = value[i], None if ci is None else ci[i]
+    return f"{value:.3f}" + ("" if ci is None else f" [{ci[0]:.2f}, {ci[1]:.2f}]")
+
+
+def _load(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
 def render(path: str) -> str:
     """Markdown tables of a results file (``--render FILE``)."""
     with open(path) as f:
         data = json.load(f)
     rows, meta = data["rows"], data["meta"]
     out = [
-        f"Run: {meta['seconds']:.0f} s wall, load at the end {meta['load']}, "
+        f"Run: {meta['seconds']:.0f} s wall, load average at the end {_load(meta['load'])}, "
         f"torch {meta['torch']}, {meta['cpus']} CPUs, quick={meta['quick']}.",
         "",
     ]
@@ -428,16 +449,12 @@ def render(path: str) -> str:
                 "|---" * (len(cols) + 1) + "|",
             ]
             for r in mine:
-                out.append(
-                    f"| {r['method']} | "
-                    + " | ".join("–" if c not in r else f"{r[c]:.3f}" for c in cols)
-                    + " |"
-                )
+                out.append(f"| {r['method']} | " + " | ".join(_cell(r, c) for c in cols) + " |")
             out.append("")
     co = [r for r in rows if r["section"] == "coreset"]
     if co:
         out += [
-            "### Coreset selection (digits MLP, test accuracy)",
+            "### Coreset selection (digits MLP, test accuracy [95 % CI over seeds])",
             "",
             "| method | " + " | ".join(f"budget {b}" for b in co[0]["budgets"]) + " |",
             "|---" * (len(co[0]["budgets"]) + 1) + "|",
@@ -446,8 +463,8 @@ def render(path: str) -> str:
             out.append(
                 f"| {r['method']} | "
                 + " | ".join(
-                    f"{a:.3f} (random {b:.3f})"
-                    for a, b in zip(r["accuracy"], r["random_accuracy"], strict=True)
+                    f"{_cell(r, 'accuracy', b)} (random {_cell(r, 'random_accuracy', b)})"
+                    for b in range(len(r["budgets"]))
                 )
                 + " |"
             )

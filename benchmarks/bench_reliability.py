@@ -222,13 +222,17 @@ def main() -> None:
     print(f"done in {time.perf_counter() - t0:.0f} s -> {args.out}")
 
 
+def _load(load: list[float]) -> str:
+    return " / ".join(f"{x:.2f}" for x in load)
+
+
 def render(path: str) -> str:
     """Markdown tables of a results file (``--render FILE``)."""
     with open(path) as f:
         data = json.load(f)
     meta, results = data["meta"], data["results"]
     out = [
-        f"Run: {meta['seconds']:.0f} s wall, load at the end {meta['load']}, "
+        f"Run: {meta['seconds']:.0f} s wall, load average at the end {_load(meta['load'])}, "
         f"quick={meta['quick']}"
         + ("." if meta.get("complete", True) else " (interrupted: the studies below only)."),
         "",
