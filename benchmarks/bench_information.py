@@ -12,7 +12,8 @@ TRAK on offline data (issue F). Sections (``--sections``, default all):
 - ``lds``: LDS (M subsets, alpha = 0.5) of single-example information loss and gain next to
   the other methods, on digits and Fashion-MNIST.
 - ``scale``: build time, query latency (p50, p99) and recall@10 of FAISS exact, FAISS HNSW
-  and Milvus Lite at 100 k and 1 M vectors (projected gradient features).
+  and Milvus Lite at 100 k and 1 M vectors (projected gradient features); HNSW with
+  M = 16 and 32 links, each searched with efSearch 64 ... 1024.
 
 Usage: python benchmarks/bench_information.py [--quick] [--sections ...] [--out FILE.json]
 """
@@ -308,7 +309,8 @@ def scale(quick: bool) -> list[dict]:
         with tempfile.TemporaryDirectory() as tmp:
             candidates = [
                 ("FAISS exact", lambda: FaissIndex(dim)),
-                ("FAISS HNSW", lambda: FaissIndex(dim, "hnsw", m=16)),
+                ("FAISS HNSW m=16", lambda: FaissIndex(dim, "hnsw", m=16)),
+                ("FAISS HNSW m=32", lambda: FaissIndex(dim, "hnsw", m=32)),
                 ("Milvus Lite (FLAT)", lambda: MilvusIndex(os.path.join(tmp, "v.db"), "v", dim)),
             ]
             for name, make in candidates:
@@ -320,7 +322,7 @@ def scale(quick: bool) -> list[dict]:
                     index.commit()
                 build_s = time.perf_counter() - t0
                 # HNSW: one build, the recall/latency trade-off over the search breadth.
-                efs = [64, 128, 256, 512] if "HNSW" in name else [None]
+                efs = [64, 128, 256, 512, 1024] if "HNSW" in name else [None]
                 for ef in efs:
                     if ef is not None:
                         index.set_ef_search(ef)

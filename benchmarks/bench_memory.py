@@ -11,6 +11,8 @@ imports and data loading (the baseline) and after ``fit`` + ``top_k`` of 100 que
   streamed against the preconditioned queries).
 
 Usage: python benchmarks/bench_memory.py [--sizes 10000 60000 240000] [--out FILE.json]
+(prefix ``MALLOC_MMAP_THRESHOLD_=131072`` to serve large blocks by mmap: glibc's heap then
+does not keep the freed temporaries, see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from tdakit.storage.fileio import atomic_write
 
 
 def peak_mib() -> float:
@@ -93,6 +98,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/memory.json")
     parser.add_argument("--child", nargs=2)
     args = parser.parse_args()
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     if args.child:
         print(json.dumps(child(args.child[0], int(args.child[1]))))
         return
@@ -107,7 +113,10 @@ def main() -> None:
             )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row["growth_mib"] = row["peak_mib"] - row["baseline_mib"]
+            row["malloc_mmap_threshold"] = os.environ.get("MALLOC_MMAP_THRESHOLD_")
             rows.append(row)
+            payload = json.dumps({"rows": rows, "load": os.getloadavg()}, indent=1).encode()
+            atomic_write(Path(args.out), lambda f, b=payload: f.write(b))  # after every row
             print(
                 f"{method:16s} N={n:>7d}  baseline {row['baseline_mib']:7.0f} MiB  peak "
                 f"{row['peak_mib']:7.0f} MiB  growth {row['growth_mib']:6.0f} MiB  "
@@ -121,9 +130,6 @@ def main() -> None:
             f"{method}: peak RSS at N={mine[-1]['n']} is {hi / lo:.3f} x the peak at "
             f"N={mine[0]['n']} ({100 * (hi / lo - 1):+.1f} %)"
         )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"rows": rows, "load": os.getloadavg()}, f, indent=1)
 
 
 if __name__ == "__main__":
