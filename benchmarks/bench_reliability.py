@@ -15,7 +15,8 @@ For a 3-class subset of Fashion-MNIST (MLP and a small CNN) and of digits (MLP),
    samples: precision, recall and F1 of the reliable flag, Spearman of the SNR, and the
    cost as a multiple of one attribution (wall time, same run).
 
-Usage: python benchmarks/bench_reliability.py [--quick] [--out FILE.json]
+Usage: python benchmarks/bench_reliability.py [--quick] [--configs fashion:mlp ...]
+    [--sizes 30 60 150] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -194,6 +195,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/reliability.json")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["fashion:mlp", "fashion:cnn", "digits:mlp"],
+        help="dataset:model pairs (fashion or digits; mlp or cnn)",
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes")
     parser.add_argument("--render", help="print Markdown tables of a results file and exit")
     args = parser.parse_args()
     if args.render:
@@ -202,8 +210,8 @@ def main() -> None:
     executor = tda.Executor(
         backend="local", workers=2, progress=False, cache_dir="benchmarks/results/cache-reliability"
     )
-    configs = [("fashion", "mlp"), ("fashion", "cnn"), ("digits", "mlp")]
-    sizes = [30] if args.quick else [30, 60, 150]
+    configs = [tuple(c.split(":")) for c in args.configs]
+    sizes = args.sizes or ([30] if args.quick else [30, 60, 150])
     t0 = time.perf_counter()
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     results: list[dict] = []
