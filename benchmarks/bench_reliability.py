@@ -27,6 +27,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import tdakit as tda
@@ -202,7 +203,9 @@ def main() -> None:
         help="dataset:model pairs (fashion or digits; mlp or cnn)",
     )
     parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes")
-    parser.add_argument("--render", help="print Markdown tables of a results file and exit")
+    parser.add_argument(
+        "--render", nargs="+", help="print Markdown tables of results files and exit"
+    )
     args = parser.parse_args()
     if args.render:
         print(render(args.render))
@@ -234,15 +237,20 @@ def _load(load: list[float]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
 
-def render(path: str) -> str:
-    """Markdown tables of a results file (``--render FILE``)."""
-    with open(path) as f:
-        data = json.load(f)
-    meta, results = data["meta"], data["results"]
-    out = [
-        f"Run: {meta['seconds']:.0f} s wall, load average at the end {_load(meta['load'])}, "
-        f"quick={meta['quick']}"
-        + ("." if meta.get("complete", True) else " (interrupted: the studies below only)."),
+def render(paths: list[str]) -> str:
+    """Markdown tables of one or more results files (``--render FILE ...``)."""
+    out, results = [], []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        meta = data["meta"]
+        results += data["results"]
+        out.append(
+            f"{path}: {meta['seconds']:.0f} s wall, load average at the end "
+            f"{_load(meta['load'])}, quick={meta['quick']}"
+            + ("." if meta.get("complete", True) else " (interrupted: the studies in it only).")
+        )
+    out += [
         "",
         "### Reliable pairs, variance sources and agreement with leave-one-out",
         "",
@@ -285,7 +293,33 @@ def render(path: str) -> str:
                     f"{c['precision']:.2f} | {c['recall']:.2f} | {c['f1']:.2f} | "
                     f"{c['spearman_snr']:.2f} | {c['cost_x']:.1f} |"
                 )
-    return "\n".join(out)
+    return "\n".join([*out, "", *summary(results)])
+
+
+def summary(results: list[dict]) -> list[str]:
+    """Per cheap sampler, medians over every (study, method) and how often the goal is met."""
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        for m in r["methods"].values():
+            for sampler, c in m.get("cheap", {}).items():
+                by.setdefault(sampler, []).append(c)
+    out = [
+        "### Cheap samplers: summary over every study and method",
+        "",
+        "| sampler | median precision | median recall | median F1 | median Spearman SNR | "
+        "median cost (×) | F1 ≥ 0.8 | F1 ≥ 0.8 at ≤ 3× |",
+        "|---" * 8 + "|",
+    ]
+    for sampler, cs in by.items():
+        med = {k: float(np.nanmedian([c[k] for c in cs])) for k in cs[0]}
+        good = sum(c["f1"] >= 0.8 for c in cs)
+        cheap = sum(c["f1"] >= 0.8 and c["cost_x"] <= 3 for c in cs)
+        out.append(
+            f"| {sampler} | {med['precision']:.2f} | {med['recall']:.2f} | {med['f1']:.2f} | "
+            f"{med['spearman_snr']:.2f} | {med['cost_x']:.1f} | {good} of {len(cs)} | "
+            f"{cheap} of {len(cs)} |"
+        )
+    return out
 
 
 if __name__ == "__main__":
