@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -182,8 +183,8 @@ class Net(nn.Module):
 
 
 def test_dict_dataset_and_dataloader_give_the_tuple_scores() -> None:
-    """Exactly the same numbers when the batches are the same (batches of 7 here: a
-    DataLoader keeps its own batch size); other batch sizes change only the rounding."""
+    """The same numbers (to the last bits: BLAS rounding may depend on operand alignment
+    and block shape) from tuples, a dict Dataset and a DataLoader, whatever the batches."""
     X, y = tiny_data(n=30)
     Xq, yq = tiny_data(n=6, seed=9)
     task = tda.Task(Net())
@@ -194,18 +195,20 @@ def test_dict_dataset_and_dataloader_give_the_tuple_scores() -> None:
     loader = DataLoader(DictData(X, y), batch_size=7, shuffle=False)
     via_ds = tda.GradDot(task, batch_size=7).fit(DictData(X, y))
     via_dl = tda.GradDot(task, batch_size=7).fit(loader)
-    assert torch.equal(tda.GradDot(task).fit(DictData(X, y)).scores(DictData(Xq, yq)), one_batch)
+    close = functools.partial(torch.testing.assert_close, rtol=1e-13, atol=1e-14)
+    close(tda.GradDot(task).fit(DictData(X, y)).scores(DictData(Xq, yq)), one_batch)
     for method in (via_ds, via_dl):
         for queries in (
             DictData(Xq, yq),
             DataLoader(DictData(Xq, yq), batch_size=7, shuffle=False),
             (Xq, yq),
         ):
-            assert torch.equal(method.scores(queries), S)
-        assert torch.equal(method.self_scores(), ref.self_scores())
+            close(method.scores(queries), S)
+        close(method.self_scores(), ref.self_scores())
         idx, val = method.top_k(DictData(Xq, yq), k=4)
         ref_idx, ref_val = ref.top_k((Xq, yq), k=4)
-        assert torch.equal(idx, ref_idx) and torch.equal(val, ref_val)
+        assert torch.equal(idx, ref_idx)
+        close(val, ref_val)
     assert task.gradient_paths == {"train": "layers", "query": "layers"}
 
 

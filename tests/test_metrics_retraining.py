@@ -259,3 +259,28 @@ def test_model_randomisation_flags_a_model_independent_method():
     assert r.value == pytest.approx(1.0)  # ignores the model: fails the test
     with pytest.raises(TdakitError, match="tdakit.Task"):
         metrics.model_randomisation(_graddot, tiny_mlp(), train, queries)
+
+
+def test_coreset_per_class_keeps_the_classes_balanced():
+    X, y, Xt, yt = _blobs(n=60, nq=40, seed=1)
+    scores = y.double() * 10 + torch.rand(60, generator=torch.Generator().manual_seed(0))
+    recipe = RidgeRecipe(classes=3)
+    metrics.coreset_selection(scores, recipe, X, y, Xt, yt, [9], [0], progress=False)
+    assert set(y[torch.from_numpy(recipe.calls[0])].tolist()) == {
+        2
+    }  # the naive rule: one class only
+    recipe = RidgeRecipe(classes=3)
+    metrics.coreset_selection(
+        scores, recipe, X, y, Xt, yt, [9], [0], per_class=True, progress=False
+    )
+    top, rand = (torch.from_numpy(c) for c in recipe.calls)
+    for idx in (top, rand):
+        assert torch.bincount(y[idx], minlength=3).tolist() == [3, 3, 3]
+    for c in range(3):  # within a class, the best-scored examples
+        mine = (y == c).nonzero().flatten()
+        best = mine[scores[mine].argsort(descending=True)[:3]]
+        assert sorted(best.tolist()) == sorted(i for i in top.tolist() if y[i] == c)
+    order = metrics.retraining.interleave_classes(
+        torch.tensor([5, 0, 1, 4, 2, 3]), torch.tensor([0, 1, 1, 0, 0, 1])
+    )
+    assert order.tolist() == [0, 5, 4, 1, 3, 2]

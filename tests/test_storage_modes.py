@@ -39,6 +39,10 @@ def make(name: str, task: tda.Task, mode: str, tmp_path, **kw) -> tda.Attributio
     return getattr(tda, name)(task, batch_size=8, block_size=7, query_block=4, **kw)
 
 
+def close(a: torch.Tensor, b: torch.Tensor, mode: str) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-14, msg=lambda m: f"{mode}: {m}")
+
+
 STORED = {"memory": "memory", "store": "store", "store+cache_dir": "store"}
 STORED.update(recompute="recompute", auto="store")
 
@@ -67,11 +71,13 @@ def test_storage_modes_give_identical_results(name: str, tmp_path) -> None:
     S, top, bottom, diag = results["memory"]
     assert S.shape == (9, 40) and diag.shape == (40,)
     for mode, (S_m, top_m, bottom_m, diag_m) in results.items():
-        assert torch.equal(S_m, S), mode
-        assert torch.equal(top_m[0], top[0]) and torch.equal(top_m[1], top[1]), mode
-        assert torch.equal(bottom_m[0], bottom[0]), mode
-        assert torch.equal(bottom_m[1], bottom[1]), mode
-        assert torch.equal(diag_m, diag), mode
+        # Equal up to the last bits: BLAS results may depend on block shape and operand
+        # alignment (MKL on AMD EPYC does; see docs/guarantees.md), never more.
+        close(S_m, S, mode)
+        assert torch.equal(top_m[0], top[0]) and torch.equal(bottom_m[0], bottom[0]), mode
+        close(top_m[1], top[1], mode)
+        close(bottom_m[1], bottom[1], mode)
+        close(diag_m, diag, mode)
     train_scores = make(name, task, "memory", tmp_path, **extra).fit((X, y)).scores((X, y))
     torch.testing.assert_close(diag, torch.diagonal(train_scores), rtol=1e-12, atol=1e-14)
     stores = list((tmp_path / "cache").iterdir())

@@ -179,6 +179,19 @@ def _ranking(scores_or_ranking: Tensor, n: int, need: int) -> Tensor:
     return idx
 
 
+def interleave_classes(order: Tensor, labels: Tensor) -> Tensor:
+    """``order`` (a ranking of all examples) re-ranked round-robin over the classes: every
+    class's first, then every class's second, ...; ties within a round in label order."""
+    ranked = labels[order]
+    # rank of each example within its class, in ``order``
+    within = torch.zeros(len(order), dtype=torch.long)
+    for c in ranked.unique():
+        mask = ranked == c
+        within[mask] = torch.arange(int(mask.sum()))
+    key = within * (int(labels.max()) + 1) + ranked
+    return order[torch.argsort(key, stable=True)]
+
+
 def coreset_selection(
     scores_or_ranking: Tensor,
     recipe: object,
@@ -189,12 +202,18 @@ def coreset_selection(
     budgets: Sequence[int],
     seeds: Sequence[int] = (0, 1, 2),
     *,
+    per_class: bool = False,
     n_boot: int = N_BOOT,
     confidence: float = CONFIDENCE,
     progress: bool = True,
     executor: Executor | None = None,
 ) -> MetricResult:
     """Test accuracy of models trained on the method's top-``budget`` examples vs random subsets.
+
+    ``per_class=True`` keeps the classes balanced: the ranking takes each class's best,
+    then each class's second best, and so on (classes in label order), and the random
+    subsets are drawn the same way from per-class permutations. Summed scores otherwise
+    tend to concentrate on a few classes.
 
     ``scores_or_ranking``: per-example scores ``[n_train]`` (higher = keep first; e.g.
     ``S.sum(0)`` over validation queries) or a ranking of indices, best first. For each
@@ -214,13 +233,19 @@ def coreset_selection(
     budgets = [check.positive_int(b, "budget", n) for b in budgets]
     seeds = [int(s) for s in seeds]
     require(len(budgets) > 0 and len(seeds) > 0, "Give at least one budget and one seed.")
-    order = _ranking(scores_or_ranking, n, max(budgets))
+    order = _ranking(scores_or_ranking, n, n if per_class else max(budgets))
+    labels = check.labels(yt, "y") if per_class else None
+    if labels is not None:
+        order = interleave_classes(order, labels)
     acc = torch.zeros(2, len(budgets), len(seeds), dtype=torch.float64)
     plan, slots = [], []
     for bi, b in enumerate(budgets):
         for si, s in enumerate(seeds):
             gen = torch.Generator().manual_seed(s * 1_000_003 + b)
-            for which, idx in enumerate((order[:b], torch.randperm(n, generator=gen)[:b])):
+            rand = torch.randperm(n, generator=gen)
+            if labels is not None:
+                rand = interleave_classes(rand, labels)
+            for which, idx in enumerate((order[:b], rand[:b])):
                 plan.append((idx, s, s))
                 slots.append((which, bi, si))
     executor = executor or Executor(backend="serial", progress=progress)
