@@ -8,7 +8,8 @@ TRAK on offline data (issue F). Sections (``--sections``, default all):
   class 0, triggered test queries: recall@50 and MRR of the poisoned images; and planted
   near-duplicates on digits: recall@10 and MRR of a query's five near-copies.
 - ``coreset``: test accuracy after training on the top 5 / 10 / 20 % by each method's
-  summed scores over validation queries, against random subsets of the same size.
+  summed scores over validation queries (overall, and per class), against random subsets
+  of the same size (drawn the same way).
 - ``lds``: LDS (M subsets, alpha = 0.5) of single-example information loss and gain next to
   the other methods, on digits and Fashion-MNIST.
 - ``scale``: build time, query latency (p50, p99) and recall@10 of FAISS exact, FAISS HNSW
@@ -207,30 +208,31 @@ def coreset(quick: bool, executor) -> list[dict]:
     for name, config in methods(ckpts, lrs, 64).items():
         m = build(task, config).fit((split.X_train, split.y_train))
         total = m.scores((Xv, yv)).sum(0)
-        r = metrics.coreset_selection(
-            total,
-            recipe,
-            split.X_train,
-            split.y_train,
-            Xt,
-            yt,
-            budgets,
-            seeds=(0,) if quick else (0, 1, 2),
-            progress=False,
-            executor=executor,
-        )
-        rows.append(
-            {
-                "section": "coreset",
-                "method": name,
-                "budgets": budgets,
-                **{
-                    key: r.details[key].tolist()
-                    for key in ("accuracy", "accuracy_ci", "random_accuracy", "random_accuracy_ci")
-                },
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        for per_class in (False, True):
+            r = metrics.coreset_selection(
+                total,
+                recipe,
+                split.X_train,
+                split.y_train,
+                Xt,
+                yt,
+                budgets,
+                seeds=(0,) if quick else (0, 1, 2),
+                per_class=per_class,
+                progress=False,
+                executor=executor,
+            )
+            keys = ("accuracy", "accuracy_ci", "random_accuracy", "random_accuracy_ci")
+            rows.append(
+                {
+                    "section": "coreset",
+                    "method": name,
+                    "rule": "per class" if per_class else "top by summed score",
+                    "budgets": budgets,
+                    **{key: r.details[key].tolist() for key in keys},
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
@@ -464,12 +466,12 @@ def render(path: str) -> str:
         out += [
             "### Coreset selection (digits MLP, test accuracy [95 % CI over seeds])",
             "",
-            "| method | " + " | ".join(f"budget {b}" for b in co[0]["budgets"]) + " |",
-            "|---" * (len(co[0]["budgets"]) + 1) + "|",
+            "| method | rule | " + " | ".join(f"budget {b}" for b in co[0]["budgets"]) + " |",
+            "|---" * (len(co[0]["budgets"]) + 2) + "|",
         ]
         for r in co:
             out.append(
-                f"| {r['method']} | "
+                f"| {r['method']} | {r.get('rule', 'top by summed score')} | "
                 + " | ".join(
                     f"{_cell(r, 'accuracy', b)} (random {_cell(r, 'random_accuracy', b)})"
                     for b in range(len(r["budgets"]))
