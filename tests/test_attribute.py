@@ -135,10 +135,13 @@ def test_bad_inputs_get_one_line_and_exit_code_2(files, change, message):
 
 
 def _save_checkpoints(tmp_path, model) -> list[str]:
-    """Two perturbed copies of ``model``'s weights, saved as the training checkpoints."""
+    """Two randomly perturbed copies of ``model``'s weights, saved as training checkpoints."""
     paths = []
+    g = torch.Generator().manual_seed(5)
     for t in range(2):
-        state = {k: v + 0.05 * (t + 1) * torch.ones_like(v) for k, v in model.state_dict().items()}
+        state = {
+            k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()
+        }
         torch.save(state, tmp_path / f"ckpt{t}.pt")
         paths.append(str(tmp_path / f"ckpt{t}.pt"))
     return paths
@@ -160,10 +163,13 @@ def test_checkpoints_drive_tracin_and_trak(files, method):
         if method == "tracin"
         else tda.TRAK(task, checkpoints=states)
     )
-    ref_idx, _ = ref.fit((X, y)).top_k((X[:5] + 0.01, y[:5]), 3)
+    ref_idx, ref_val = ref.fit((X, y)).top_k((X[:5] + 0.01, y[:5]), 3)
     summary = json.loads((out / "results.json").read_text())
     assert summary["proponents"] == ref_idx.tolist()
     assert summary["checkpoints"] == paths
+    with open(out / "proponents.csv") as f:
+        got = torch.tensor([float(r["score"]) for r in csv.DictReader(f)]).view(5, 3)
+    torch.testing.assert_close(got, ref_val.float(), rtol=1e-5, atol=1e-6)  # CSV: 6 digits
 
 
 def test_trak_without_checkpoints_is_an_ensemble_of_the_given_model(files):
@@ -181,6 +187,7 @@ def test_trak_without_checkpoints_is_an_ensemble_of_the_given_model(files):
     ("method", "with_checkpoint", "other_architecture", "message"),
     [
         ("tracin", False, False, "needs the checkpoints saved during training"),
+        ("tracin", True, False, "needs the learning rate at each checkpoint"),
         ("grad_dot", True, False, "--checkpoint applies to methods that take checkpoints"),
         ("trak", True, True, "do not fit the model"),
     ],

@@ -284,3 +284,7 @@ def test_coreset_per_class_keeps_the_classes_balanced():
         torch.tensor([5, 0, 1, 4, 2, 3]), torch.tensor([0, 1, 1, 0, 0, 1])
     )
     assert order.tolist() == [0, 5, 4, 1, 3, 2]
+    order = metrics.retraining.interleave_classes(
+        torch.arange(6), torch.tensor([-1, -1, -1, 1, 1, 1])
+    )  # any label values
+    assert order.tolist() == [0, 3, 1, 4, 2, 5]

@@ -60,10 +60,10 @@ def load_model(factory: str, weights: str | Path | None) -> nn.Module:
     return model.eval()
 
 
-def read_state(weights: str | Path) -> dict[str, torch.Tensor]:
+def read_state(weights: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """The state dict in a ``.pt``/``.pth`` (``weights_only``) or ``.safetensors`` file."""
     path = Path(weights)
-    require(path.is_file(), f"No weights file {str(path)!r}.", StoreError)
+    require(path.is_file(), f"No {what} file {str(path)!r}.", StoreError)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -73,7 +73,7 @@ def read_state(weights: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise StoreError(
-            f"Cannot read the weights file {str(path)!r} ({type(err).__name__}): save the "
+            f"Cannot read the {what} file {str(path)!r} ({type(err).__name__}): save the "
             "model's state_dict with torch.save or safetensors."
         ) from err
     if isinstance(state, dict) and "state_dict" in state:
@@ -93,28 +93,39 @@ def _load_into(model: nn.Module, state: dict, path: str | Path, factory: str) ->
 
 
 def load_checkpoints(
-    method: str, factory: str, net: nn.Module, paths: list[str] | None
+    method: str, options: dict[str, Any], factory: str, net: nn.Module, paths: list[str] | None
 ) -> dict[str, Any]:
     """``checkpoints=`` for the methods that take an ensemble of saved weights (TracIn, TRAK).
 
     Each file is read like ``--weights`` and checked against the model's architecture.
+    Without files, TRAK's ensemble is the given model alone.
     """
     needs = "checkpoints" in tda.methods.get_method(method).runtime_params
+    for key in ("checkpoints", "recipe", "executor", "n_models"):
+        require(
+            not (needs and key in options),
+            f"--option {key}=... is not available from the command line: pass the saved "
+            "checkpoints with --checkpoint FILE (repeatable).",
+        )
     if not paths:
         require(
             not needs or method == "trak",
             f"{method!r} needs the checkpoints saved during training: pass --checkpoint FILE "
             "once per checkpoint (and --option lrs=[...], the learning rate at each).",
         )
-        # TRAK without checkpoints: the final model alone (an ensemble of one).
         return {"checkpoints": [net]} if needs else {}
     require(
         needs,
         f"--checkpoint applies to methods that take checkpoints (tracin, trak), not {method!r}.",
     )
+    require(
+        method != "tracin" or "lrs" in options,
+        "tracin needs the learning rate at each checkpoint: --option 'lrs=[0.1, 0.1]' (one "
+        "per --checkpoint) or --option lrs=0.1 (the same for all).",
+    )
     states = []
     for path in paths:
-        state = read_state(path)
+        state = read_state(path, "checkpoint")
         _load_into(copy.deepcopy(net), state, path, factory)  # same architecture?
         states.append(state)
     return {"checkpoints": states}
@@ -239,7 +250,8 @@ def attribute(
     )
     task = tda.Task(net, loss=loss)
     config = {"method": method, **(options or {}), "progress": progress}
-    attributor = tda.from_config(config, task, **load_checkpoints(method, model, net, checkpoints))
+    runtime = load_checkpoints(method, options or {}, model, net, checkpoints)
+    attributor = tda.from_config(config, task, **runtime)
     created = prepare_output_dir(out)
     try:
         return _run(

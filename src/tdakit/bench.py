@@ -52,8 +52,8 @@ def leaderboard(
     progress: bool = True,
     command: str = "tdakit bench leaderboard",
 ) -> Path:
-    """Run every suite (default: all built-in ones: names, ``.toml`` paths or parsed
-    :class:`Suite` objects) and write the leaderboard Markdown."""
+    """Run every suite in ``suites`` (names, ``.toml`` paths or parsed :class:`Suite`
+    objects; default: all built-in ones) and write the leaderboard Markdown."""
     t0 = time.perf_counter()
     rows = []
     for name in suites or builtin_names():

@@ -174,7 +174,8 @@ def _ranking(scores_or_ranking: Tensor, n: int, need: int) -> Tensor:
     idx = check.labels(t, "scores_or_ranking")
     require(
         len(idx) >= need and bool(((idx >= 0) & (idx < n)).all()) and len(idx.unique()) == len(idx),
-        f"A ranking must list at least {need} distinct training indices in [0, {n}).",
+        f"A ranking must list at least {need} distinct training indices in [0, {n}) "
+        "(all of them with per_class=True, which re-ranks every example).",
     )
     return idx
 
@@ -182,14 +183,12 @@ def _ranking(scores_or_ranking: Tensor, n: int, need: int) -> Tensor:
 def interleave_classes(order: Tensor, labels: Tensor) -> Tensor:
     """``order`` (a ranking of all examples) re-ranked round-robin over the classes: every
     class's first, then every class's second, ...; ties within a round in label order."""
-    ranked = labels[order]
-    # rank of each example within its class, in ``order``
-    within = torch.zeros(len(order), dtype=torch.long)
-    for c in ranked.unique():
-        mask = ranked == c
+    classes, cls = labels[order].unique(return_inverse=True)  # class position, in ``order``
+    within = torch.zeros(len(order), dtype=torch.long)  # rank within its class
+    for c in range(len(classes)):
+        mask = cls == c
         within[mask] = torch.arange(int(mask.sum()))
-    key = within * (int(labels.max()) + 1) + ranked
-    return order[torch.argsort(key, stable=True)]
+    return order[torch.argsort(within * len(classes) + cls, stable=True)]
 
 
 def coreset_selection(
@@ -210,10 +209,12 @@ def coreset_selection(
 ) -> MetricResult:
     """Test accuracy of models trained on the method's top-``budget`` examples vs random subsets.
 
-    ``per_class=True`` keeps the classes balanced: the ranking takes each class's best,
-    then each class's second best, and so on (classes in label order), and the random
-    subsets are drawn the same way from per-class permutations. Summed scores otherwise
-    tend to concentrate on a few classes.
+    ``per_class=True`` keeps the classes balanced (equal counts per class, the lowest
+    labels first when a budget is not a multiple of the number of classes): the ranking
+    takes each class's best, then each class's second best, and so on, and the random
+    subsets are drawn the same way from per-class permutations. It re-ranks all examples,
+    so a ranking of indices must then list every example. Summed scores otherwise tend to
+    concentrate on a few classes.
 
     ``scores_or_ranking``: per-example scores ``[n_train]`` (higher = keep first; e.g.
     ``S.sum(0)`` over validation queries) or a ranking of indices, best first. For each
