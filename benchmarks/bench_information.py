@@ -390,6 +390,11 @@ def main() -> None:
     print(f"done in {meta['seconds']:.0f} s -> {args.out}")
 
 
+def _head(title: str, columns: list[str]) -> list[str]:
+    """A Markdown section heading and table header."""
+    return [f"### {title}", "", "| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+
+
 def _cell(row: dict, key: str, i: int | None = None) -> str:
     """``value [low, high]`` of ``row[key]`` (element ``i`` of a per-budget list)."""
     if key not in row:
@@ -416,13 +421,13 @@ def render(path: str) -> str:
     ]
     cf = [r for r in rows if r["section"] == "counterfactual"]
     if cf:
-        out += [
-            "### Counterfactual sensitivity (digits MLP)",
-            "",
-            "| method | k | Δ loss [95 % CI] | Δ loss random | Δ p(predicted) | "
-            "Δ p random | Δ entropy | flip rate | flip rate random |",
-            "|---" * 9 + "|",
-        ]
+        out += _head(
+            "Counterfactual sensitivity (digits MLP)",
+            [
+                *("method", "k", "Δ loss [95 % CI]", "Δ loss random", "Δ p(predicted)"),
+                *("Δ p random", "Δ entropy", "flip rate", "flip rate random"),
+            ],
+        )
         for r in cf:
             out.append(
                 f"| {r['method']} | {r['k']} | {r['delta_loss']:.3f} [{r['ci'][0]:.2f}, "
@@ -452,23 +457,16 @@ def render(path: str) -> str:
     for section, title, cols in tables:
         mine = [r for r in rows if r["section"] == section]
         if mine:
-            out += [
-                f"### {title}",
-                "",
-                "| method | " + " | ".join(cols.values()) + " |",
-                "|---" * (len(cols) + 1) + "|",
-            ]
+            out += _head(title, ["method", *cols.values()])
             for r in mine:
                 out.append(f"| {r['method']} | " + " | ".join(_cell(r, c) for c in cols) + " |")
             out.append("")
     co = [r for r in rows if r["section"] == "coreset"]
     if co:
-        out += [
-            "### Coreset selection (digits MLP, test accuracy [95 % CI over seeds])",
-            "",
-            "| method | rule | " + " | ".join(f"budget {b}" for b in co[0]["budgets"]) + " |",
-            "|---" * (len(co[0]["budgets"]) + 2) + "|",
-        ]
+        out += _head(
+            "Coreset selection (digits MLP, test accuracy [95 % CI over seeds])",
+            ["method", "rule", *(f"budget {b}" for b in co[0]["budgets"])],
+        )
         for r in co:
             out.append(
                 f"| {r['method']} | {r.get('rule', 'top by summed score')} | "
@@ -481,7 +479,7 @@ def render(path: str) -> str:
         out.append("")
     ld = [r for r in rows if r["section"] == "lds"]
     if ld:
-        out += ["### LDS", "", "| dataset | method | LDS [95 % CI] |", "|---|---|---|"]
+        out += _head("LDS", ["dataset", "method", "LDS [95 % CI]"])
         for r in ld:
             out.append(
                 f"| {r['dataset']} | {r['method']} | {r['lds']:.3f} "
@@ -490,12 +488,10 @@ def render(path: str) -> str:
         out.append("")
     sc = [r for r in rows if r["section"] == "scale"]
     if sc:
-        out += [
-            "### Retrieval at scale",
-            "",
-            "| index | vectors | build (s) | p50 (ms) | p99 (ms) | recall@10 |",
-            "|---|---|---|---|---|---|",
-        ]
+        out += _head(
+            "Retrieval at scale",
+            ["index", "vectors", "build (s)", "p50 (ms)", "p99 (ms)", "recall@10"],
+        )
         for r in sc:
             out.append(
                 f"| {r['index']} | {r['n']:,} × {r['dim']} | {r['build_s']:.1f} | "

@@ -27,6 +27,7 @@ from torch import nn
 import tdakit as tda
 from tdakit.errors import ConfigError, DataError, StoreError, require
 from tdakit.storage.fileio import atomic_write, prepare_output_dir
+from tdakit.task import load_weights
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -83,13 +84,12 @@ def read_state(weights: str | Path, what: str = "weights") -> dict[str, torch.Te
 
 
 def _load_into(model: nn.Module, state: dict, path: str | Path, factory: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).splitlines()[0]
-        raise ConfigError(
-            f"The weights in {str(path)!r} do not fit the model from {factory!r}: {first}"
-        ) from err
+    load_weights(
+        model,
+        state,
+        f"The weights in {str(path)!r} do not fit the model from {factory!r}",
+        "Save model.state_dict() of the model that the factory builds.",
+    )
 
 
 def load_checkpoints(

@@ -303,7 +303,8 @@ def load_weights(
     try:
         model.load_state_dict(dict(state))
     except (RuntimeError, KeyError, TypeError) as err:
-        raise ConfigError(f"{what}: {err}. {fix}") from err
+        reason = " ".join(str(err).split()).rstrip(".")  # one line; torch's spans several
+        raise ConfigError(f"{what}: {reason}. {fix}") from err
     return model
 
 
